@@ -81,12 +81,19 @@ def message_type(data: bytes | str) -> str | None:
     """The envelope's ``type`` if it is a string, else None (slow path only)."""
     try:
         t = _type_decoder.decode(data).type
-    except (msgspec.DecodeError, TypeError):
+    except (msgspec.DecodeError, TypeError, UnicodeError):
         return None
     return t if isinstance(t, str) else None
 
 
-def _wire_error(exc: msgspec.DecodeError, data: bytes | str, known: frozenset[str]) -> WireError:
+_BAD_INPUT = (msgspec.DecodeError, UnicodeError)
+"""What msgspec raises on bad input: a string that is not UTF-8 (or a ``str``
+with lone surrogates) is a ``UnicodeError``, not a ``DecodeError``."""
+
+
+def _wire_error(exc: Exception, data: bytes | str, known: frozenset[str]) -> WireError:
+    if isinstance(exc, UnicodeError):
+        return WireError(f"not valid UTF-8 JSON ({exc})")
     text = str(exc)
     detail, sep, path = text.rpartition(" - at `")
     path = path.rstrip("`") if sep else None
@@ -114,7 +121,7 @@ def decode_event(data: bytes | str) -> ev.Event:
     """
     try:
         return _event_decoder.decode(data).payload
-    except msgspec.DecodeError as exc:
+    except _BAD_INPUT as exc:
         raise _wire_error(exc, data, _EVENT_TAGS) from None
 
 
@@ -122,7 +129,7 @@ def decode_envelope(data: bytes | str):
     """Like ``decode_event`` but returns the envelope (``.payload``, ``.id``)."""
     try:
         return _event_decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except _BAD_INPUT as exc:
         raise _wire_error(exc, data, _EVENT_TAGS) from None
 
 
@@ -130,7 +137,7 @@ def decode_market(data: bytes | str) -> ev.Quote | ev.Depth:
     """Decode a ``quoteEvent`` or ``depthEvent`` line (the replay's fast path)."""
     try:
         return _market_decoder.decode(data).payload
-    except msgspec.DecodeError as exc:
+    except _BAD_INPUT as exc:
         raise _wire_error(exc, data, MARKET_TYPES) from None
 
 
@@ -140,7 +147,10 @@ def decode_market_lines(buf: bytes) -> list:
     Raises ``msgspec.DecodeError`` if any line is not; the caller then goes
     line by line to find and count the bad ones.
     """
-    return _market_decoder.decode_lines(buf)
+    try:
+        return _market_decoder.decode_lines(buf)
+    except UnicodeError as exc:
+        raise msgspec.DecodeError(f"not valid UTF-8 ({exc})") from None
 
 
 def encode_event(payload: ev.Event, id: str | None = None) -> bytes:
@@ -282,7 +292,7 @@ def decode_request(data: bytes | str) -> tuple[it.Intent, str | None]:
         env = _request_envelope_decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise _wire_error(exc, data, REQUEST_TAGS) from None
-    except msgspec.DecodeError as exc:
+    except _BAD_INPUT as exc:
         raise WireError(f"not valid JSON ({exc})") from None
     if env.type not in _INTENT_BY_TAG:
         raise WireError(
@@ -295,6 +305,8 @@ def decode_request(data: bytes | str) -> tuple[it.Intent, str | None]:
         raise WireError("payload must be an object", msg_type=env.type, path="$.payload")
     try:
         body = _request_decoders[env.type].decode(raw)
+    except UnicodeError as exc:
+        raise WireError(f"not valid UTF-8 ({exc})", msg_type=env.type, path="$.payload") from None
     except msgspec.DecodeError as exc:
         text = str(exc)
         detail, sep, path = text.rpartition(" - at `")
@@ -331,7 +343,7 @@ def parse_time(text: str) -> datetime:
     """Parse a PROTOCOL time string (ISO-8601 UTC ending in ``Z``)."""
     try:
         return msgspec.json.decode(_encoder.encode(text), type=ev.Time)
-    except msgspec.DecodeError as exc:
+    except _BAD_INPUT as exc:
         raise WireError(f"not a time: {text!r} ({exc})") from None
 
 

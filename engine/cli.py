@@ -1,0 +1,76 @@
+"""The composition root: ``triotrade <command>`` wires concrete classes together.
+
+    triotrade backtest CONFIG [--out DIR] [--strict] [--no-progress]
+    triotrade make-feed --out FILE [--symbols ...] [--quotes N] [--seed S] [--depth L]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import attrs
+from rich.console import Console
+
+from engine.errors import TriotradeError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="triotrade", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    bt = sub.add_parser("backtest", help="replay a recorded feed through the config's strategies")
+    bt.add_argument("config", type=Path, help="the run's YAML file")
+    bt.add_argument("--out", type=Path, help="report directory (default: backtest.out or out/<config>)")
+    bt.add_argument("--strict", action="store_true", help="a malformed feed line is fatal")
+    bt.add_argument("--no-progress", action="store_true", help="no progress bar")
+    mf = sub.add_parser("make-feed", help="write a seeded synthetic feed", add_help=False)
+    mf.add_argument("rest", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    err = Console(stderr=True)
+    try:
+        if args.command == "backtest":
+            return _backtest(args, err)
+        from adapters import feedgen
+
+        return feedgen.main(args.rest)
+    except TriotradeError as exc:
+        err.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+def _backtest(args: argparse.Namespace, err: Console) -> int:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    from engine.backtest import Backtest
+    from engine.config import load_config
+    from engine.report import render_table, write_report
+
+    config = load_config(args.config)
+    if args.strict:
+        config = attrs.evolve(config, backtest=attrs.evolve(config.backtest, strict=True))
+    out = args.out or (Path(config.backtest.out) if config.backtest and config.backtest.out
+                       else Path("out") / args.config.stem)
+    console = Console()
+    show = not args.no_progress and console.is_terminal
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TimeRemainingColumn(), console=console, transient=True, disable=not show) as bar:
+        task = bar.add_task("backtest", total=None)
+        backtest = Backtest(config, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        result = backtest.run()
+    for failure in backtest.kernel.failures:
+        err.print(f"[bold red]strategy {failure.strategy} stopped[/] in {failure.hook}: {failure.error}",
+                  highlight=False)
+    for problem in backtest.discrepancies():
+        err.print(f"[bold red]book and venue disagree:[/] {problem}", highlight=False)
+    files = write_report(result, out)
+    render_table(result, console)
+    console.print("report: " + ", ".join(str(p) for p in files.values()), highlight=False)
+    return 1 if backtest.kernel.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
