@@ -96,7 +96,7 @@ class _Damaged(Exception):
     """Raised by the gzip inflater when the stream ends early or is corrupt."""
 
 
-def _gunzip(f) -> Iterator[bytes]:
+def _gunzip(f, size: int) -> Iterator[bytes]:
     """Inflate a (possibly multi-member) gzip stream, yielding text as it comes.
 
     Everything inflatable before damage is yielded before ``_Damaged`` is raised.
@@ -115,7 +115,7 @@ def _gunzip(f) -> Iterator[bytes]:
                 continue
             fed = True
         try:
-            out = d.decompress(pending, CHUNK)
+            out = d.decompress(pending, size)
         except zlib.error as exc:
             raise _Damaged(f"corrupt gzip data ({exc})") from None
         pending = d.unconsumed_tail
@@ -136,8 +136,8 @@ def _gunzip(f) -> Iterator[bytes]:
             raise _Damaged("compressed file ended before the end-of-stream marker was reached")
 
 
-def _plain(f) -> Iterator[bytes]:
-    while chunk := f.read(CHUNK):
+def _plain(f, size: int) -> Iterator[bytes]:
+    while chunk := f.read(size):
         yield chunk
 
 
@@ -149,6 +149,8 @@ class FeedReader:
         strict: raise ``FeedError`` on the first malformed line or a damaged
             gzip stream instead of counting it.
         symbols: deliver only events of these symbols (None: all).
+        chunk_size: bytes of text per batch (the default suits everything;
+            tests make it small to exercise chunk edges).
 
     Raises:
         FeedError: the file does not exist (at construction); in strict mode,
@@ -160,9 +162,12 @@ class FeedReader:
 
     def __init__(
         self, path: str | os.PathLike[str], *, strict: bool = False,
-        symbols: Collection[str] | None = None,
+        symbols: Collection[str] | None = None, chunk_size: int = CHUNK,
     ) -> None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.path = os.fspath(path)
+        self.chunk_size = chunk_size
         self.strict = strict
         self.symbols = frozenset(symbols) if symbols is not None else None
         if not os.path.isfile(self.path):
@@ -187,7 +192,8 @@ class FeedReader:
         with f:
             head = f.read(2)
             f.seek(0)
-            source = _gunzip(f) if head == _GZ_MAGIC else _plain(f)
+            size = self.chunk_size
+            source = _gunzip(f, size) if head == _GZ_MAGIC else _plain(f, size)
             yield from self._read(source)
 
     # -- chunking -----------------------------------------------------------

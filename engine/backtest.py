@@ -6,14 +6,13 @@ For each market event the venue first takes the requests that have arrived
 and matches against the new prices; its account events go to the kernel
 (book first); only then do the strategies see the event (PROTOCOL section
 7). Intents the gate approved go straight back to the venue. Nothing here
-reads the wall clock except the progress bar and ``wall_seconds``, so the
+reads the wall clock, so the
 same inputs give byte-identical reports.
 """
 
 from __future__ import annotations
 
 import importlib
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -50,6 +49,7 @@ def load_strategy_class(path: str, key: str) -> type[Strategy]:
 def build_strategies(config: RunConfig) -> list[Strategy]:
     """Build each configured strategy, validating its parameters."""
     built: list[Strategy] = []
+    instruments = config.instrument_map()
     for i, sc in enumerate(config.strategies):
         key = f"strategies[{i}]"
         cls = load_strategy_class(sc.class_, f"{key}.class")
@@ -57,7 +57,7 @@ def build_strategies(config: RunConfig) -> list[Strategy]:
         if any(s.name == name for s in built):
             raise ConfigError(f"{key}.name", f"two strategies are named {name!r}; give each a name")
         for symbol in sc.symbols:
-            if symbol not in config.instrument_map():
+            if symbol not in instruments:
                 raise ConfigError(f"{key}.symbols", f"unknown instrument {symbol!r}")
         try:
             built.append(cls(name=name, symbols=sc.symbols, **sc.params))
@@ -77,11 +77,12 @@ class Backtest:
 
     def __init__(
         self, config: RunConfig, *, strategies: Sequence[Strategy] | None = None,
-        progress: Callable[[int, int], None] | None = None,
+        progress: Callable[[int, int], None] | None = None, name: str = "",
     ) -> None:
         if config.backtest is None:
             raise ConfigError("backtest", "a backtest needs a `backtest:` section with a feed")
         self.config = config
+        self.name = name
         bt = config.backtest
         self.instruments = config.instrument_map()
         self.strategies = list(strategies) if strategies is not None else build_strategies(config)
@@ -109,7 +110,6 @@ class Backtest:
 
     # -- the loop ----------------------------------------------------------
     def run(self) -> BacktestResult:
-        started = time.perf_counter()
         venue, kernel, clock = self.venue, self.kernel, self.venue.clock
         on_market, on_quote, on_depth = venue.on_market, kernel.on_quote, kernel.on_depth
         send, deliver = self._send, self._deliver
@@ -138,7 +138,7 @@ class Backtest:
             raise UsageError("the feed holds no quote or depth events")
         send(kernel.stop())
         self._sample(clock.now, regular=False)
-        return self._result(quotes, time.perf_counter() - started)
+        return self._result(quotes)
 
     def _start(self) -> None:
         interval = timedelta(seconds=self.config.backtest.equity_sample_s)
@@ -185,7 +185,7 @@ class Backtest:
     def _on_sample(self, now) -> None:
         self._sample(now, regular=True)
         for intent in self.gate.update(now):
-            self.kernel._pending.append((None, intent))
+            self.kernel.submit(None, intent)
 
     def _on_fill(self, execution) -> None:
         self._fills += 1
@@ -198,7 +198,7 @@ class Backtest:
             self._exposed += bool(self.ledger.positions)
 
     # -- results -----------------------------------------------------------
-    def _result(self, quotes: int, wall: float) -> BacktestResult:
+    def _result(self, quotes: int) -> BacktestResult:
         book, ledger, kernel = self.book, self.ledger, self.kernel
         owner_of = {cid: s.name for cid, s in kernel._owner.items()}
         trades = []
@@ -213,7 +213,7 @@ class Backtest:
             ))
         stats = [r.stats.as_dict() for r in self.readers]
         return BacktestResult(
-            config_name=self.config.name if hasattr(self.config, "name") else "",
+            config_name=self.name,
             feed=", ".join(str(Path(p).name) for p in self.config.backtest.feed),
             strategies=tuple(s.name for s in self.strategies),
             currency=self.config.currency,
@@ -233,7 +233,6 @@ class Backtest:
             rejections=dict(sorted(book.statistics().get("rejections_by_reason", {}).items())),
             feed_stats=stats[0] if len(stats) == 1 else {"feeds": stats},
             quotes=quotes,
-            wall_seconds=wall,
         )
 
     def discrepancies(self) -> list[str]:

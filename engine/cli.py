@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import attrs
@@ -59,8 +60,10 @@ def _backtest(args: argparse.Namespace, err: Console) -> int:
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                   TimeRemainingColumn(), console=console, transient=True, disable=not show) as bar:
         task = bar.add_task("backtest", total=None)
-        backtest = Backtest(config, progress=lambda done, total: bar.update(task, completed=done, total=total))
-        result = backtest.run()
+        backtest = Backtest(config, name=args.config.stem,
+                            progress=lambda done, total: bar.update(task, completed=done, total=total))
+        started = time.perf_counter()
+        result = attrs.evolve(backtest.run(), wall_seconds=time.perf_counter() - started)
     for failure in backtest.kernel.failures:
         err.print(f"[bold red]strategy {failure.strategy} stopped[/] in {failure.hook}: {failure.error}",
                   highlight=False)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import heapq
 import traceback
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -82,7 +81,7 @@ class _Context:
         self._seq = 0
 
     def emit(self, strategy: Strategy, intent):
-        self.kernel._pending.append((strategy, intent))
+        self.kernel.submit(strategy, intent)
         return intent
 
     def next_client_order_id(self, strategy: Strategy) -> str:
@@ -136,7 +135,7 @@ class Kernel:
         self.failures: list[StrategyFailure] = []
         self.on_fill: Callable[[ev.Execution], None] | None = None
         self.reconciling = False
-        self._pending: deque[tuple[Strategy | None, Any]] = deque()
+        self._out: list = []
         self._quote_subs: dict[str, list[Strategy]] = {}
         self._depth_subs: dict[str, list[Strategy]] = {}
         self._exec_subs: dict[str, list[Strategy]] = {}
@@ -159,7 +158,7 @@ class Kernel:
             s._ctx = _Context(self, s)
         for s in self.strategies:
             self._call(s, "on_start")
-        return self._drain()
+        return self._take()
 
     def stop(self) -> list:
         """``on_stop`` for every running strategy, then cancel their working orders."""
@@ -169,7 +168,7 @@ class Kernel:
         if self.cancel_on_stop:
             for s in self.strategies:
                 self._cancel_working(s)
-        return self._drain()
+        return self._take()
 
     def subscriptions(self) -> list:
         """The subscribe requests the strategies asked for (the live adapter sends them)."""
@@ -201,8 +200,8 @@ class Kernel:
                     s.on_quote(quote)
                 except Exception as exc:  # a strategy's bug stops that strategy only
                     self._fail(s, "on_quote", exc)
-            if self._pending:
-                return self._drain()
+            if self._out:
+                return self._take()
         return _NONE
 
     def on_depth(self, depth: ev.Depth) -> Sequence:
@@ -220,7 +219,7 @@ class Kernel:
         if top is not None:
             for s in self._quote_subs.get(symbol, _NONE):
                 self._call(s, "on_quote", top)
-        return self._drain() if self._pending else _NONE
+        return self._take()
 
     def on_event(self, event) -> Sequence:
         """An account event from the venue: book first, then the strategy."""
@@ -235,8 +234,8 @@ class Kernel:
                 if self.on_fill is not None:
                     self.on_fill(event)
                 for intent in self.gate.update(self.clock.now):
-                    self._pending.append((None, intent))
-            return self._drain() if self._pending else _NONE
+                    self.submit(None, intent)
+            return self._take()
         if type(event) is ev.Error:
             self.book.apply(event)
             self.rejections += 1
@@ -245,7 +244,7 @@ class Kernel:
                 rejection = VenueRejection(
                     event.code.value, event.message, None, event.client_order_id, event.order_id)
                 self._call(owner, "on_reject", rejection)
-            return self._drain() if self._pending else _NONE
+            return self._take()
         if type(event) is ev.Portfolio:
             if self.reconciling:
                 self.book.reconcile_portfolio(event)
@@ -256,7 +255,7 @@ class Kernel:
                 self._call(s, "on_metrics", event)
         elif type(event) is ev.OrderHistory:
             self.book.reconcile_orders(event)
-        return self._drain() if self._pending else _NONE
+        return self._take()
 
     # -- timers ------------------------------------------------------------
     def add_timer(self, interval: timedelta, callback: Callable[[datetime], None], *,
@@ -290,7 +289,7 @@ class Kernel:
                     timer.due = self.clock.now + timer.interval
                 heapq.heappush(timers, timer)
             timer.callback(self.clock.now)
-        return self._drain() if self._pending else []
+        return self._take()
 
     # -- internals ---------------------------------------------------------
     def _subscribe(self, s: Strategy, symbols: Iterable[str], kinds, depth, metrics) -> None:
@@ -309,28 +308,30 @@ class Kernel:
         if metrics and s not in self._metrics_subs:
             self._metrics_subs.append(s)
 
-    def _drain(self) -> list:
-        """Pass pending intents through the gate; return the approved ones."""
-        out = []
-        now = self.clock.now
-        pending = self._pending
-        while pending:
-            s, intent = pending.popleft()
-            if s is not None and id(s) in self._stopped and not isinstance(intent, it.CancelOrder):
-                continue
-            decision = self.gate.check(intent, now)
-            if type(decision) is Approved:
-                if type(intent) is it.CreateOrder:
-                    self.orders_sent += 1
-                    if s is not None:
-                        self._owner[intent.client_order_id] = s
-                        s._ctx.owned.add(intent.client_order_id)
-                self.book.on_sent(intent)
-                out.append(intent)
-            else:
-                self.denials += 1
-                if s is not None:
-                    self._call(s, "on_reject", decision)
+    def submit(self, s: Strategy | None, intent) -> bool:
+        """Rule on one intent now: approved ones are queued to send and the book
+        records them in flight; a denial goes to the strategy's ``on_reject``.
+        ``s`` is None for the kernel's own intents (the gate's flatten)."""
+        if s is not None and id(s) in self._stopped and type(intent) is not it.CancelOrder:
+            return False
+        decision = self.gate.check(intent, self.clock.now)
+        if type(decision) is not Approved:
+            self.denials += 1
+            if s is not None:
+                self._call(s, "on_reject", decision)
+            return False
+        if type(intent) is it.CreateOrder:
+            self.orders_sent += 1
+            if s is not None:
+                self._owner[intent.client_order_id] = s
+                s._ctx.owned.add(intent.client_order_id)
+        self.book.on_sent(intent)
+        self._out.append(intent)
+        return True
+
+    def _take(self) -> list:
+        """The approved intents gathered so far, in order."""
+        out, self._out = self._out, []
         return out
 
     def _owner_of(self, error: ev.Error) -> Strategy | None:
@@ -355,13 +356,12 @@ class Kernel:
         self.failures.append(StrategyFailure(
             s.name, hook, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         self._stopped.add(id(s))
+        # new lists, not in-place removal: a hook loop may be iterating the old ones
         for table in (self._quote_subs, self._depth_subs, self._exec_subs):
-            for subs in table.values():
-                if s in subs:
-                    subs.remove(s)
-        for subs in (self._portfolio_subs, self._metrics_subs):
-            if s in subs:
-                subs.remove(s)
+            for symbol, subs in table.items():
+                table[symbol] = [x for x in subs if x is not s]
+        self._portfolio_subs = [x for x in self._portfolio_subs if x is not s]
+        self._metrics_subs = [x for x in self._metrics_subs if x is not s]
         for timer in s._ctx.timers.values():
             timer.cancelled = True
         self._cancel_working(s)
@@ -373,4 +373,4 @@ class Kernel:
                     intent = it.CancelOrder(self.account_id, order_id=order.order_id)
                 else:
                     intent = it.CancelOrder(self.account_id, client_order_id=order.client_order_id)
-                self._pending.append((s, intent))
+                self.submit(s, intent)

@@ -14,20 +14,34 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 
 import attrs
 
 from engine import events
 from engine.enums import PositionSide, Side
 from engine.errors import UsageError
-from engine.instruments import Instrument, dec, to_cents
+from engine.instruments import CENT, Instrument, dec, to_cents
 
 ZERO = Decimal(0)
 ONE = Decimal(1)
 TWO = Decimal(2)
 MILLION = Decimal(1_000_000)
 HUNDRED = Decimal(100)
+
+_PRICES: dict[float, Decimal] = {}
+
+
+def fdec(x: float) -> Decimal:
+    """``dec`` for wire prices, memoized: quotes repeat the same few prices and
+    a float -> Decimal conversion costs ~0.45 us against a dict hit's 0.05."""
+    d = _PRICES.get(x)
+    if d is None:
+        if len(_PRICES) >= 65_536:
+            _PRICES.clear()
+        d = _PRICES[x] = dec(x)
+    return d
+
 
 _SIGN = {PositionSide.LONG: 1, PositionSide.SHORT: -1}
 _SIDE_OF = {Side.BUY: PositionSide.LONG, Side.SELL: PositionSide.SHORT}
@@ -170,8 +184,10 @@ class Ledger:
         ``commission``, booked on the last deal (the local book's way: it only
         knows the event's total). Raises UsageError on a quantity <= 0.
         """
-        quantity = dec(quantity)
-        price = dec(price)
+        if type(quantity) is not Decimal:
+            quantity = dec(quantity)
+        if type(price) is not Decimal:
+            price = dec(price)
         if quantity <= 0:
             raise UsageError(f"fill quantity must be > 0, got {quantity}")
         rate = self.rate(symbol)
@@ -189,7 +205,8 @@ class Ledger:
             legs.append((pos.position_id, quantity, ZERO))
         else:
             closing = quantity if quantity < pos.quantity else pos.quantity
-            realized = to_cents((price - pos.open_price) * closing * pos.sign * rate)
+            realized = ((price - pos.open_price) * closing * pos.sign * rate).quantize(
+                CENT, ROUND_HALF_EVEN)
             pos.closed_quantity += closing
             pos.closed_value += price * closing
             pos.realized_pnl += realized
@@ -208,7 +225,8 @@ class Ledger:
             if commission is not None:
                 fee = dec(commission) if i == last else ZERO
             elif commission_per_million:
-                fee = to_cents(qty * price * rate * commission_per_million / MILLION)
+                fee = (qty * price * rate * commission_per_million / MILLION).quantize(
+                    CENT, ROUND_HALF_EVEN)
             else:
                 fee = ZERO
             deal = DealRecord(
@@ -260,7 +278,7 @@ class Ledger:
             return ONE
         q = self.quotes.get(pair)
         if q is not None:
-            mid = (dec(q.bid) + dec(q.ask)) / TWO
+            mid = (fdec(q.bid) + fdec(q.ask)) / TWO
             return ONE / mid if invert else mid
         fixed = self.instruments[symbol].conversion_rate
         if fixed is not None:
@@ -296,7 +314,7 @@ class Ledger:
         q = self.quotes.get(pos.symbol)
         if q is None:
             return pos.open_price
-        return dec(q.bid if pos.side is PositionSide.LONG else q.ask)
+        return fdec(q.bid if pos.side is PositionSide.LONG else q.ask)
 
     def position_unrealized(self, pos: OpenPosition) -> Decimal:
         """Unrealized P&L of one position in the account currency, not rounded."""
@@ -321,7 +339,14 @@ class Ledger:
         return sum((self.position_margin(p) for p in self.positions.values()), ZERO)
 
     def free_margin(self) -> Decimal:
-        return self.equity() - self.margin()
+        """equity - margin, in one pass over the positions."""
+        free = self.balance
+        for pos in self.positions.values():
+            cur = self.current_price(pos)
+            rate = self.rate(pos.symbol)
+            free += ((cur - pos.open_price) * pos.sign
+                     - cur / self.instruments[pos.symbol].leverage) * pos.quantity * rate
+        return free
 
     def margin_level(self) -> Decimal | None:
         """equity / margin x 100, or None without margin."""
@@ -333,11 +358,11 @@ class Ledger:
     def position_event(self, pos: OpenPosition) -> events.Position:
         cur = self.current_price(pos)
         upnl = (cur - pos.open_price) * pos.quantity * pos.sign * self.rate(pos.symbol)
-        return events.Position(
-            position_id=pos.position_id, symbol=pos.symbol, side=pos.side,
-            quantity=float(pos.quantity), open_price=float(pos.open_price),
-            current_price=float(cur), unrealized_pnl=float(upnl),
-            stop_loss=pos.stop_loss, take_profit=pos.take_profit, opened_at=pos.opened_at,
+        q = self.quotes.get(pos.symbol)
+        cur_f = float(cur) if q is None else (q.bid if pos.side is PositionSide.LONG else q.ask)
+        return events.Position(  # positional: 4x cheaper than keywords
+            pos.position_id, pos.symbol, pos.side, float(pos.quantity), float(pos.open_price),
+            cur_f, float(upnl), pos.stop_loss, pos.take_profit, pos.opened_at,
         )
 
     def position_events(self) -> tuple[events.Position, ...]:
@@ -346,8 +371,7 @@ class Ledger:
     def portfolio(self, ts: datetime) -> events.Portfolio:
         """A full snapshot of balance and open positions."""
         return events.Portfolio(
-            account_id=self.account_id, currency=self.currency, balance=float(self.balance),
-            positions=self.position_events(), ts=ts,
+            self.account_id, self.currency, float(self.balance), self.position_events(), ts
         )
 
     def metrics(self, ts: datetime) -> events.Metrics:

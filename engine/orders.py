@@ -199,7 +199,16 @@ def next_state(order: Order, status: OrderStatus) -> OrderState:
     return new
 
 
-def apply(order: Order, ev: Execution, *, snapshot: bool = False) -> bool:
+def validate(order: Order, ev: Execution) -> OrderState:
+    """The state ``ev`` would move ``order`` to, changing nothing; raises what
+    ``apply`` would (so a caller can book money only for an event that applies)."""
+    _check(order, ev)
+    return next_state(order, ev.status)
+
+
+def apply(
+    order: Order, ev: Execution, *, snapshot: bool = False, commission: Decimal | None = None,
+) -> bool:
     """Move ``order`` by one execution event; returns True if anything changed.
 
     Args:
@@ -208,14 +217,15 @@ def apply(order: Order, ev: Execution, *, snapshot: bool = False) -> bool:
             it by ``execId``.
         snapshot: ``ev`` is an ``orderHistory`` entry: its ``commission`` is
             the order's total, not this event's.
+        commission: what of this event's commission was booked, if not all
+            of it (the book books none for a fill it had already taken).
 
     Raises:
         IllegalTransition: the table forbids the move (nothing is changed).
         WireError: the event contradicts itself or the order (another
             symbol or side, more filled than ordered).
     """
-    _check(order, ev)
-    new = next_state(order, ev.status)
+    new = validate(order, ev)
     before = _fingerprint(order)
     filled_before = order.filled_quantity
     late = new != ev.status
@@ -244,6 +254,8 @@ def apply(order: Order, ev: Execution, *, snapshot: bool = False) -> bool:
         total = dec(ev.commission)
         if total > order.commission:
             order.commission = total
+    elif commission is not None:
+        order.commission += commission
     elif ev.commission:
         order.commission += dec(ev.commission)
     if ev.status is E.AMENDED:

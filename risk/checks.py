@@ -196,7 +196,7 @@ def check_max_position(
     if above(side.sign * projected, limit):
         return Denied(intent, DenialReason.MAX_POSITION,
                       f"{symbol} position would reach {fmt(projected)} (net {fmt(net)}, working "
-                      f"{side} {fmt(working_same_side)}, this {fmt(added)}): over max_position "
+                      f"{side} {fmt(working_same_side)}, adding {fmt(added)}): over max_position "
                       f"{fmt(limit)} by {fmt(abs(projected) - limit)}")
     return None
 

@@ -268,6 +268,7 @@ class RiskGate:
             return d
         if limits.max_order_qty is not None and (d := c.check_max_order_qty(intent, qty, limits.max_order_qty)):
             return d
+        quote = view.quote(symbol)
         book = None
         if self._needs_book or self._mode is TradingState.REDUCING:
             book = _BookSnapshot(view)
@@ -280,11 +281,9 @@ class RiskGate:
                               f"{c.fmt(qty)} {symbol} with position {c.fmt(net)} and {side} "
                               f"{c.fmt(working)} working does not reduce it")
             if limits.stale_quote_ms is not None and not reducing and (
-                    d := c.check_stale_symbol(intent, symbol, view.quote(symbol), now, limits.stale_quote_ms)):
+                    d := c.check_stale_symbol(intent, symbol, quote, now, limits.stale_quote_ms)):
                 return d
-        quote = view.quote(symbol)
-        d = c.check_fresh_quote(intent, symbol, otype, quote, now, limits.quote_max_age_ms)
-        if d:
+        if d := c.check_fresh_quote(intent, symbol, otype, quote, now, limits.quote_max_age_ms):
             return d
         if limits.price_collar_pct is not None and (d := c.check_price_collar(
                 intent, symbol, otype, intent.price, intent.stop_price, quote, now,
@@ -298,19 +297,18 @@ class RiskGate:
         if book is not None and (d := self._check_book(intent, book, symbol, side, qty, otype,
                                                        intent.price, intent.stop_price, quote, True)):
             return d
-        key = None
-        now_us = -1
-        if limits.duplicate_window_ms is not None:
-            now_us = (now - EPOCH) // _US
-            key = (symbol, side, qty, otype, intent.price, intent.stop_price)
-            if d := c.check_duplicate(intent, self._recent.get(key), now_us, limits.duplicate_window_ms):
-                return d
-        if self._orders is not None:
-            if now_us < 0:
-                now_us = (now - EPOCH) // _US
-            if d := c.check_rate(intent, self._orders, now_us, DenialReason.ORDER_RATE, "orders"):
-                return d
-        if key is not None:
+        # last, the stateful checks: only an order that passed all else takes a token
+        window = limits.duplicate_window_ms
+        if window is None and self._orders is None:
+            return None
+        now_us = (now - EPOCH) // _US
+        key = (symbol, side, qty, otype, intent.price, intent.stop_price)
+        if window is not None and (d := c.check_duplicate(intent, self._recent.get(key), now_us, window)):
+            return d
+        if self._orders is not None and (
+                d := c.check_rate(intent, self._orders, now_us, DenialReason.ORDER_RATE, "orders")):
+            return d
+        if window is not None:
             self._remember(key, now_us)
         return None
 

@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import codec
-from engine import events as ev
 from engine import intents as it
 from engine.enums import ErrorCode, OrderType, Side
 from engine.errors import WireError
@@ -310,7 +309,12 @@ def test_unknown_request_type_comes_after_envelope_and_before_shape():
 def test_invalid_utf8_inside_a_known_message():
     data = b'{"type": "createOrder", "payload": {"accountId": "\xff", "symbol": "E"}}'
     assert bad_request(data).code == ErrorCode.BAD_REQUEST
-    assert bad_event(data.replace(b"createOrder", b"quoteEvent")).code == ErrorCode.BAD_REQUEST
+    data = b'{"type": "quoteEvent", "payload": {"symbol": "EUR\xffUSD", "bid": 1, "ask": 1, "ts": "%s"}}'
+    for decode in (codec.decode_event, codec.decode_market):
+        with pytest.raises(WireError):
+            decode(data % TS.encode())
+    with pytest.raises(msgspec.DecodeError):  # what the replay's batch path expects
+        codec.decode_market_lines(data % TS.encode() + b"\n")
 
 
 # --------------------------------------------------------------------------
@@ -331,6 +335,24 @@ any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=60
 @settings(max_examples=300)
 @given(st.binary(max_size=200) | any_text)
 def test_arbitrary_input_gives_a_value_or_wire_error(data):
+    for decode in DECODERS:
+        _value_or_wire_error(decode, data)
+
+
+@st.composite
+def corrupted_messages(draw) -> bytes:
+    """A valid message with a few of its bytes replaced by any bytes."""
+    data = draw(
+        gen.events().map(codec.encode_event) | gen.intents().map(codec.encode_intent)
+    )
+    start = draw(st.integers(0, len(data)))
+    end = draw(st.integers(start, min(len(data), start + 4)))
+    return data[:start] + draw(st.binary(min_size=1, max_size=4)) + data[end:]
+
+
+@settings(max_examples=300)
+@given(corrupted_messages())
+def test_corrupted_messages_give_a_value_or_wire_error(data):
     for decode in DECODERS:
         _value_or_wire_error(decode, data)
 

@@ -22,6 +22,9 @@ FORBIDDEN = frozenset({"trio", "trio_websocket", "socket", "asyncio", "time", "r
 IO_MODULES = frozenset({"engine/runtime.py", "engine/cli.py"})
 """The only modules of ``engine/`` that may touch trio and the network."""
 
+ALLOWED: dict[str, frozenset[str]] = {}
+"""Narrow exceptions, by module (none today)."""
+
 WALL_CLOCK_CALLS = frozenset({"now", "utcnow", "today", "fromtimestamp", "utcfromtimestamp"})
 """``datetime.now()`` and friends: the wall clock without ``import time``."""
 
@@ -75,7 +78,11 @@ def test_the_core_is_found():
 
 @pytest.mark.parametrize("module", core_modules())
 def test_core_module_imports_no_io(module):
-    bad = forbidden_imports((ROOT / module).read_text(encoding="utf-8"))
+    allowed = ALLOWED.get(module, frozenset())
+    bad = [
+        (n, m) for n, m in forbidden_imports((ROOT / module).read_text(encoding="utf-8"))
+        if m.split(".")[0] not in allowed
+    ]
     assert not bad, f"{module} imports {', '.join(f'{m} (line {n})' for n, m in bad)}"
 
 

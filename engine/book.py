@@ -1,0 +1,581 @@
+"""The client's local order/position book: what the account holds, as we know it.
+
+The kernel feeds it what it sends (``on_sent``) and what the venue says
+(``apply``); strategies and the risk gate read it through ``view()``.
+
+* Orders move by ``engine.orders``' table; a sent createOrder is PENDING_NEW
+  until the venue's first event for its clientOrderId, so orders in flight
+  count. An ``error`` answering a createOrder and a REJECTED execution are
+  one rejection; a cancel that loses to a fill leaves a harmless error.
+* Money goes through ``engine.ledger.Ledger`` (PROTOCOL 5.3, the same class
+  the venue books with): each fill is booked at its ``lastQuantity`` /
+  ``lastPrice`` with the event's ``commission``, once per ``execId``, and
+  never beyond the ``filledQuantity`` the venue reported for the order (so a
+  fill the book already took from a reconciliation is not booked twice).
+  Positions are marked lazily from the caller's quote mapping: nothing here
+  runs per quote.
+* The server is the truth: a ``portfolioEvent`` replaces balance and
+  positions, an ``orderHistory`` resolves orders in flight and books the
+  fills the book missed; both return the differences they found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
+from decimal import Decimal
+
+from engine import events, orders
+from engine.enums import ErrorCode, Reason
+from engine.errors import IllegalTransition
+from engine.events import Error, Execution, OrderHistory, Portfolio, Quote
+from engine.instruments import Instrument, dec
+from engine.intents import AmendOrder, CancelOrder, CreateOrder
+from engine.ledger import Ledger, OpenPosition
+from engine.orders import Order, OrderState
+
+ZERO = Decimal(0)
+_NOTHING = (ZERO, ZERO)
+
+_CREATE_CODES = frozenset({
+    ErrorCode.INVALID_ORDER, ErrorCode.INSUFFICIENT_MARGIN, ErrorCode.UNKNOWN_SYMBOL,
+    ErrorCode.DUPLICATE_CLIENT_ORDER_ID,
+})
+"""Codes only a createOrder gets (PROTOCOL 5.2)."""
+_CANCEL_AMEND_CODES = frozenset({ErrorCode.UNKNOWN_ORDER, ErrorCode.NOT_AMENDABLE})
+
+_STAT_KEYS = (
+    "executions", "duplicates", "foreign", "fills", "fills_clipped", "rejections",
+    "errors", "cancel_rejects", "amend_rejects", "duplicate_client_order_ids", "resends",
+    "untracked_sends", "illegal_transitions", "portfolio_differences", "order_differences",
+)
+
+
+class Book:
+    """One account's orders, positions and money as the client knows them.
+
+    Args:
+        account_id: the account this book keeps; events of others are ignored.
+        currency: the account currency.
+        balance: the starting balance (a ``portfolioEvent`` replaces it).
+        instruments: symbol -> Instrument.
+        quotes: a live mapping symbol -> latest ``Quote``, kept by the caller
+            (the kernel); read here only when a mark is asked for.
+    """
+
+    def __init__(
+        self,
+        account_id: str,
+        currency: str,
+        balance: Decimal | float | int | str,
+        instruments: Mapping[str, Instrument],
+        quotes: Mapping[str, Quote],
+    ) -> None:
+        self.account_id = account_id
+        self.currency = currency
+        self.instruments = instruments
+        self._quotes = quotes
+        self.ledger = Ledger(account_id, currency, dec(balance), instruments, quotes)
+        self.needs_reconcile = False
+        """True when the book saw something only the server can settle (an
+        event its table forbids, a duplicate clientOrderId on a resend)."""
+        self.differences: list[str] = []
+        """What the latest reconciliation found."""
+        self._by_id: dict[str, Order] = {}
+        self._by_cid: dict[str, Order] = {}
+        self._all: dict[Order, None] = {}
+        self._working: dict[Order, None] = {}
+        self._seen: set[str] = set()
+        self._booked: dict[Order, tuple[Decimal, Decimal]] = {}  # quantity, value
+        self._local_ids = 0
+        self._stats = dict.fromkeys(_STAT_KEYS, 0)
+        self._handlers: dict[type, Callable[[object], bool]] = {
+            Execution: self._on_execution,
+            Error: self._on_error,
+            Portfolio: self._on_portfolio,
+            OrderHistory: self._on_history,
+        }
+        self._view = BookView(self)
+
+    # ------------------------------------------------------------- outbound
+
+    def on_sent(self, intent, ts: datetime | None = None) -> None:
+        """Record an intent the kernel sent: a CreateOrder becomes PENDING_NEW
+        (by clientOrderId), a cancel or amend request marks its order."""
+        if getattr(intent, "account_id", self.account_id) != self.account_id:
+            return
+        if isinstance(intent, CreateOrder):
+            self._on_create_sent(intent, ts)
+        elif isinstance(intent, CancelOrder):
+            order = self._find(intent.order_id, intent.client_order_id)
+            if order is not None and order.is_working:
+                order.cancel_requested = True
+        elif isinstance(intent, AmendOrder):
+            order = self._by_id.get(intent.order_id)
+            if order is not None and order.is_working:
+                order.amend_requested = True
+
+    def _on_create_sent(self, intent: CreateOrder, ts: datetime | None) -> None:
+        cid = intent.client_order_id
+        if cid is None:  # nothing to match the venue's answer by
+            self._stats["untracked_sends"] += 1
+            return
+        known = self._by_cid.get(cid)
+        if known is not None and not (known.status is OrderState.REJECTED and known.order_id is None):
+            self._stats["resends"] += 1  # a resend after a reconnect: the same order
+            return
+        order = Order.from_create(intent, ts)
+        self._by_cid[cid] = order
+        self._all[order] = None
+        self._working[order] = None
+
+    # -------------------------------------------------------------- inbound
+
+    def apply(self, event) -> bool:
+        """Take one inbound event. Returns False if it changed nothing: a
+        duplicate ``execId``, another account's event, a kind the book
+        does not keep (quotes: the caller keeps those).
+
+        Raises:
+            IllegalTransition: an execution the lifecycle forbids (nothing is
+                applied, and ``needs_reconcile`` is set).
+            WireError: an execution that contradicts its order.
+        """
+        handler = self._handlers.get(type(event))
+        return handler(event) if handler is not None else False
+
+    def _on_execution(self, ev: Execution) -> bool:
+        stats = self._stats
+        if ev.account_id != self.account_id:
+            stats["foreign"] += 1
+            return False
+        if ev.exec_id in self._seen:
+            stats["duplicates"] += 1
+            return False
+        order = self._find(ev.order_id, ev.client_order_id)
+        if order is None:
+            order = Order.from_execution(ev)  # not ours, or a fill before the ack
+        was = order.status
+        try:
+            orders.validate(order, ev)
+        except IllegalTransition:
+            stats["illegal_transitions"] += 1
+            self.needs_reconcile = True
+            raise
+        commission = None
+        if ev.last_quantity and ev.last_price:
+            booked = self._booked.get(order, _NOTHING)[0]
+            room = dec(max(order.filled_quantity, ev.filled_quantity)) - booked
+            qty = min(dec(ev.last_quantity), room)
+            if qty > 0:
+                commission = dec(ev.commission)
+                self._book_fill(order, ev, qty, dec(ev.last_price), commission, ev.exec_id)
+            else:  # already booked (from a reconciliation): nothing to book
+                commission = ZERO
+                stats["fills_clipped"] += 1
+        orders.apply(order, ev, commission=commission)
+        self._seen.add(ev.exec_id)
+        self._index(order)
+        stats["executions"] += 1
+        if order.status is OrderState.REJECTED and was is not OrderState.REJECTED:
+            stats["rejections"] += 1
+        return True
+
+    def _on_error(self, err: Error) -> bool:
+        self._stats["errors"] += 1
+        order = self._find(err.order_id, err.client_order_id)
+        if order is None:
+            return False
+        kind = err.request_type
+        code = err.code
+        if kind is None:  # infer what it answered
+            if code in _CREATE_CODES:
+                kind = "createOrder"
+            elif order.cancel_requested:
+                kind = "cancelOrder"
+            elif order.amend_requested:
+                kind = "amendOrder"
+            elif order.is_pending and code not in _CANCEL_AMEND_CODES:
+                kind = "createOrder"
+        if kind == "createOrder":
+            if code is ErrorCode.DUPLICATE_CLIENT_ORDER_ID:
+                # a resend of an order the venue already has: not a rejection
+                self._stats["duplicate_client_order_ids"] += 1
+                if order.is_pending:
+                    self.needs_reconcile = True
+                return False
+            if not order.is_pending:
+                return False  # already rejected (one rejection), or accepted
+            orders.reject(order, Reason(code.value))
+            self._index(order)
+            self._stats["rejections"] += 1
+            return True
+        if kind == "cancelOrder" and order.cancel_requested:
+            order.cancel_requested = False  # e.g. a fill won the race: harmless
+            self._stats["cancel_rejects"] += 1
+            return True
+        if kind == "amendOrder" and order.amend_requested:
+            order.amend_requested = False
+            self._stats["amend_rejects"] += 1
+            return True
+        return False
+
+    def _on_portfolio(self, snapshot: Portfolio) -> bool:
+        self.reconcile_portfolio(snapshot)
+        return snapshot.account_id == self.account_id
+
+    def _on_history(self, history: OrderHistory) -> bool:
+        self.reconcile_orders(history)
+        return history.account_id == self.account_id
+
+    # -------------------------------------------------------------- booking
+
+    def _book_fill(self, order: Order, ev: Execution, qty: Decimal, price: Decimal,
+                   commission: Decimal, deal_prefix: str) -> None:
+        deal_ids = _numbered(deal_prefix)
+        self.ledger.apply_fill(
+            order_id=ev.order_id, symbol=ev.symbol, side=ev.side, quantity=qty, price=price,
+            ts=ev.ts, new_position_id=lambda: ev.position_id or self._local_position_id(),
+            new_deal_id=lambda: next(deal_ids), commission=commission,
+        )
+        booked_qty, booked_value = self._booked.get(order, _NOTHING)
+        self._booked[order] = (booked_qty + qty, booked_value + qty * price)
+        self._stats["fills"] += 1
+
+    def _local_position_id(self) -> str:
+        self._local_ids += 1
+        return f"local-{self._local_ids}"
+
+    # ------------------------------------------------------------ reconcile
+
+    def reconcile_portfolio(self, snapshot: Portfolio) -> list[str]:
+        """Adopt the server's balance and open positions; return the differences.
+
+        Stop-loss and take-profit levels are adopted silently: the book learns
+        them only from snapshots.
+        """
+        if snapshot.account_id != self.account_id:
+            return []
+        led = self.ledger
+        diffs: list[str] = []
+        balance = dec(snapshot.balance)
+        if balance != led.balance:
+            diffs.append(f"balance: local {led.balance}, server {balance}")
+            led.balance = balance
+        server = {p.symbol: p for p in snapshot.positions}
+        for symbol, local in list(led.positions.items()):
+            if symbol not in server:
+                diffs.append(f"{symbol}: local {_describe(local)} is not on the server")
+                del led.positions[symbol]
+        for symbol, sp in server.items():
+            local = led.positions.get(symbol)
+            if local is None:
+                diffs.append(f"{symbol}: server {_describe_event(sp)} was missing locally")
+                led.positions[symbol] = OpenPosition(
+                    position_id=sp.position_id, symbol=symbol, side=sp.side,
+                    quantity=dec(sp.quantity), open_price=dec(sp.open_price),
+                    opened_at=sp.opened_at, stop_loss=sp.stop_loss, take_profit=sp.take_profit,
+                )
+                continue
+            if (local.position_id, local.side, float(local.quantity), float(local.open_price)) != (
+                    sp.position_id, sp.side, sp.quantity, sp.open_price):
+                diffs.append(f"{symbol}: local {_describe(local)}, server {_describe_event(sp)}")
+                local.position_id, local.side = sp.position_id, sp.side
+                local.quantity, local.open_price = dec(sp.quantity), dec(sp.open_price)
+                if local.quantity > local.max_quantity:
+                    local.max_quantity = local.quantity
+            local.stop_loss, local.take_profit = sp.stop_loss, sp.take_profit
+        self._stats["portfolio_differences"] += len(diffs)
+        self.differences = diffs
+        return diffs
+
+    def reconcile_orders(self, history: OrderHistory, *, complete: bool = False) -> list[str]:
+        """Adopt the latest state of each order; return the differences.
+
+        Orders in flight are resolved by clientOrderId. For an order the book
+        knew, fills it missed are booked once, their quantity the difference
+        in ``filledQuantity`` and their price derived from ``averagePrice``.
+        An order the book never knew is adopted without booking (its fills
+        are in the positions of a portfolio snapshot).
+
+        Args:
+            history: an ``orderHistory`` reply.
+            complete: the history covers every order since the ones in flight
+                were sent; an in-flight order it lacks never reached the venue
+                and ends REJECTED (reason None). Otherwise it is only reported.
+        """
+        if history.account_id != self.account_id:
+            return []
+        diffs: list[str] = []
+        listed: set[Order] = set()
+        for snap in history.orders:
+            if snap.account_id != self.account_id:
+                continue
+            order = self._find(snap.order_id, snap.client_order_id)
+            if order is None:
+                order = Order.from_execution(snap)
+                orders.apply(order, snap, snapshot=True)
+                if order.is_working:
+                    diffs.append(f"order {order.key}: unknown locally, {order.status} at the venue")
+            else:
+                self._reconcile_one(order, snap, diffs)
+            self._seen.add(snap.exec_id)
+            self._index(order)
+            listed.add(order)
+        for order in list(self._working):
+            if order.is_pending and order not in listed:
+                if complete:
+                    orders.reject(order, None)
+                    self._index(order)
+                    diffs.append(f"order {order.key}: never reached the venue; ended REJECTED")
+                else:
+                    diffs.append(f"order {order.key}: still in flight, not in the history")
+        self.needs_reconcile = False
+        self._stats["order_differences"] += len(diffs)
+        self.differences = diffs
+        return diffs
+
+    def _reconcile_one(self, order: Order, snap: Execution, diffs: list[str]) -> None:
+        was = order.status
+        booked_qty, booked_value = self._booked.get(order, _NOTHING)
+        missing_commission = dec(snap.commission) - order.commission
+        try:
+            orders.apply(order, snap, snapshot=True)
+        except IllegalTransition:
+            orders.force(order, snap)
+            diffs.append(f"order {order.key}: local {was}, venue {snap.status}; adopted the venue's")
+        else:
+            if was is not order.status:
+                diffs.append(f"order {order.key}: {was} -> {order.status}")
+        if order.status is OrderState.REJECTED and was is not OrderState.REJECTED:
+            self._stats["rejections"] += 1
+        missing = dec(snap.filled_quantity) - booked_qty
+        if missing <= 0:
+            return
+        price = None
+        if snap.average_price is not None:
+            price = (dec(snap.average_price) * dec(snap.filled_quantity) - booked_value) / missing
+        if price is None or price <= 0:
+            price = dec(snap.last_price or snap.average_price or snap.price)
+        commission = missing_commission if missing_commission > 0 else ZERO
+        self._book_fill(order, snap, missing, price, commission, f"{snap.exec_id}/reconciled")
+        diffs.append(f"order {order.key}: booked missed fills of {missing} {snap.symbol} at {price}")
+
+    # ------------------------------------------------------------- indexing
+
+    def _find(self, order_id: str | None, client_order_id: str | None) -> Order | None:
+        if order_id is not None:
+            order = self._by_id.get(order_id)
+            if order is not None:
+                return order
+        if client_order_id is not None:
+            order = self._by_cid.get(client_order_id)
+            if order is not None and (order_id is None or order.order_id in (None, order_id)):
+                return order
+        return None
+
+    def _index(self, order: Order) -> None:
+        if order.order_id is not None:
+            self._by_id[order.order_id] = order
+        cid = order.client_order_id
+        if cid is not None:
+            known = self._by_cid.get(cid)
+            if known is None or known is order or known.is_final:
+                self._by_cid[cid] = order
+        self._all[order] = None
+        if order.is_working:
+            self._working[order] = None
+        else:
+            self._working.pop(order, None)
+
+    # ------------------------------------------------------------ the reads
+
+    def order(self, order_id: str) -> Order | None:
+        return self._by_id.get(order_id)
+
+    def order_by_client_id(self, client_order_id: str) -> Order | None:
+        return self._by_cid.get(client_order_id)
+
+    def all_orders(self) -> list[Order]:
+        """Every order the book knows, working and finished, oldest first."""
+        return list(self._all)
+
+    def working_orders(self, symbol: str | None = None) -> list[Order]:
+        """PENDING_NEW, NEW, PARTIALLY_FILLED and AMENDED orders, oldest first."""
+        if symbol is None:
+            return list(self._working)
+        return [o for o in self._working if o.symbol == symbol]
+
+    def position(self, symbol: str) -> events.Position | None:
+        """The open position on ``symbol``, valued now at the latest quote."""
+        pos = self.ledger.positions.get(symbol)
+        return self.ledger.position_event(pos) if pos is not None else None
+
+    def positions(self) -> tuple[events.Position, ...]:
+        return self.ledger.position_events()
+
+    def net_quantity(self, symbol: str) -> float:
+        """Signed units held on ``symbol``: + long, - short, 0 flat."""
+        pos = self.ledger.positions.get(symbol)
+        return float(pos.signed_quantity) if pos is not None else 0.0
+
+    def position_of(self, position_id: str) -> tuple[str, float] | None:
+        """(symbol, signed quantity) of the open position with that id."""
+        pos = self.ledger.position_by_id(position_id)
+        return (pos.symbol, float(pos.signed_quantity)) if pos is not None else None
+
+    def position_ids(self) -> list[str]:
+        """Ids of the open positions (the gate flattens them on a halt)."""
+        return [p.position_id for p in self.ledger.positions.values()]
+
+    def quote(self, symbol: str) -> Quote | None:
+        return self._quotes.get(symbol)
+
+    def rate(self, symbol: str) -> float:
+        """Multiplier from ``symbol``'s quote currency to the account currency."""
+        return float(self.ledger.rate(symbol))
+
+    @property
+    def balance(self) -> float:
+        return float(self.ledger.balance)
+
+    @property
+    def realized_pnl(self) -> float:
+        return float(self.ledger.realized_pnl)
+
+    def unrealized(self, symbol: str | None = None) -> float:
+        return float(self.ledger.unrealized(symbol))
+
+    def equity(self) -> float:
+        return float(self.ledger.equity())
+
+    def margin(self) -> float:
+        return float(self.ledger.margin())
+
+    def free_margin(self) -> float:
+        return float(self.ledger.free_margin())
+
+    def margin_level(self) -> float | None:
+        level = self.ledger.margin_level()
+        return float(level) if level is not None else None
+
+    def view(self) -> BookView:
+        """The read-only face of this book for strategies and the risk gate."""
+        return self._view
+
+    def statistics(self) -> dict:
+        """Counts for monitoring: events applied and ignored, and the state now."""
+        return {
+            **self._stats,
+            "exec_ids_seen": len(self._seen),
+            "orders": len(self._all),
+            "working_orders": len(self._working),
+            "positions": len(self.ledger.positions),
+            "needs_reconcile": self.needs_reconcile,
+        }
+
+
+class BookView:
+    """Read-only facade of a ``Book``: the reads, none of ``apply``/``on_sent``.
+
+    Satisfies ``risk.gate.RiskView``. The orders it returns are the book's
+    live objects: read them, never change them.
+    """
+
+    __slots__ = ("_book",)
+
+    def __init__(self, book: Book) -> None:
+        self._book = book
+
+    @property
+    def account_id(self) -> str:
+        return self._book.account_id
+
+    @property
+    def currency(self) -> str:
+        return self._book.currency
+
+    @property
+    def instruments(self) -> Mapping[str, Instrument]:
+        return self._book.instruments
+
+    @property
+    def balance(self) -> float:
+        return self._book.balance
+
+    @property
+    def realized_pnl(self) -> float:
+        return self._book.realized_pnl
+
+    @property
+    def needs_reconcile(self) -> bool:
+        return self._book.needs_reconcile
+
+    def order(self, order_id: str) -> Order | None:
+        return self._book.order(order_id)
+
+    def order_by_client_id(self, client_order_id: str) -> Order | None:
+        return self._book.order_by_client_id(client_order_id)
+
+    def all_orders(self) -> list[Order]:
+        return self._book.all_orders()
+
+    def working_orders(self, symbol: str | None = None) -> list[Order]:
+        return self._book.working_orders(symbol)
+
+    def position(self, symbol: str) -> events.Position | None:
+        return self._book.position(symbol)
+
+    def positions(self) -> tuple[events.Position, ...]:
+        return self._book.positions()
+
+    def net_quantity(self, symbol: str) -> float:
+        return self._book.net_quantity(symbol)
+
+    def position_of(self, position_id: str) -> tuple[str, float] | None:
+        return self._book.position_of(position_id)
+
+    def position_ids(self) -> list[str]:
+        return self._book.position_ids()
+
+    def quote(self, symbol: str) -> Quote | None:
+        return self._book.quote(symbol)
+
+    def rate(self, symbol: str) -> float:
+        return self._book.rate(symbol)
+
+    def unrealized(self, symbol: str | None = None) -> float:
+        return self._book.unrealized(symbol)
+
+    def equity(self) -> float:
+        return self._book.equity()
+
+    def margin(self) -> float:
+        return self._book.margin()
+
+    def free_margin(self) -> float:
+        return self._book.free_margin()
+
+    def margin_level(self) -> float | None:
+        return self._book.margin_level()
+
+    def statistics(self) -> dict:
+        return self._book.statistics()
+
+
+def _numbered(prefix: str) -> Iterator[str]:
+    """Deal ids of one fill: ``prefix``, then ``prefix/2`` (a flip has two deals)."""
+    yield prefix
+    n = 2
+    while True:
+        yield f"{prefix}/{n}"
+        n += 1
+
+
+def _describe(pos: OpenPosition) -> str:
+    return f"{pos.side} {pos.quantity} @ {pos.open_price} ({pos.position_id})"
+
+
+def _describe_event(pos: events.Position) -> str:
+    return f"{pos.side} {dec(pos.quantity)} @ {dec(pos.open_price)} ({pos.position_id})"
+
