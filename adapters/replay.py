@@ -4,11 +4,13 @@ A feed is JSON Lines, optionally gzip-compressed, one server->client envelope
 per line. Backtests want the ``quoteEvent`` / ``depthEvent`` lines as fast as
 they can be had, so the reader works a chunk (about 1 MiB) at a time: the
 whole chunk is decoded by ``engine.codec.decode_market_lines`` in one C call,
-and only a chunk that call refuses (a bad line, another message type) is
-walked line by line to tell "skip" from "malformed, line N". The per-event
-bookkeeping (late and crossed counts, the symbol filter) is done with C-level
-``map``/``sorted`` over the batch, and a Python loop only runs for a batch
-that actually holds a late line or a depth snapshot.
+and only a chunk that call refuses (a bad line, another message type), or
+whose event count does not match its line count, is walked line by line to
+tell "skip" from "malformed, line N". The per-event bookkeeping (late and
+crossed counts, the symbol filter) is done with C-level ``map``/``sorted``
+over the batch, and a Python loop only runs for a batch that actually holds a
+late line or a depth snapshot. All told about 0.7 us a quote line of a
+``.jsonl.gz`` (inflate 0.13, decode 0.4, the rest bookkeeping).
 
 Gzip is inflated with ``zlib`` directly (not ``gzip.open``) so that a
 truncated or corrupt stream still yields every byte before the damage; the
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import re
 import zlib
 from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime, timezone
@@ -37,12 +40,15 @@ __all__ = ["FeedReader", "FeedStats", "merge"]
 
 CHUNK = 1 << 20
 """Bytes of text decoded per batch (about 7,000 quote lines)."""
-_GZ_IN = 1 << 16  # compressed bytes fed to zlib at a time
+_GZ_IN = 1 << 14  # compressed bytes per zlib call: small, so damage loses little
 _GZ_MAGIC = b"\x1f\x8b"
 _BOM = b"\xef\xbb\xbf"
 _KEEP = 100  # how many error / late line numbers to keep
 _EPOCH = datetime.min.replace(tzinfo=timezone.utc)
 
+_WS = b" \t\r"  # JSON whitespace on a line
+_BLANK = re.compile(rb"\n[ \t\r]*\n")
+_BLANK_HEAD = re.compile(rb"[ \t\r]*\n")
 _payload = attrgetter("payload")
 _ts = attrgetter("ts")
 _bid = attrgetter("bid")
@@ -97,10 +103,29 @@ class _Damaged(Exception):
 
 
 def _gunzip(f, size: int) -> Iterator[bytes]:
-    """Inflate a (possibly multi-member) gzip stream, yielding text as it comes.
+    """Inflate a (possibly multi-member) gzip stream in pieces of about ``size``.
 
     Everything inflatable before damage is yielded before ``_Damaged`` is raised.
     """
+    parts: list[bytes] = []
+    have = 0
+    damage = None
+    try:
+        for out in _inflate(f, size):
+            parts.append(out)
+            have += len(out)
+            if have >= size:
+                yield b"".join(parts)
+                parts, have = [], 0
+    except _Damaged as exc:
+        damage = exc
+    if parts:
+        yield b"".join(parts)
+    if damage is not None:
+        raise damage
+
+
+def _inflate(f, size: int) -> Iterator[bytes]:
     d = zlib.decompressobj(31)
     fed = False  # has the current member received any input?
     pending = b""
@@ -174,6 +199,7 @@ class FeedReader:
             raise FeedError("no such feed file", path=self.path)
         self.stats = FeedStats(self.path)
         self._max_ts = _EPOCH
+        self._file = None
 
     def __repr__(self) -> str:
         return f"FeedReader({self.path!r}, strict={self.strict}, symbols={self.symbols})"
@@ -181,14 +207,22 @@ class FeedReader:
     def __iter__(self) -> Iterator[Quote | Depth]:
         return chain.from_iterable(self.batches())
 
+    def progress(self) -> tuple[int, int]:
+        """(bytes of the file read so far, its size), for a progress bar."""
+        size = os.path.getsize(self.path)
+        f = self._file
+        return (f.tell() if f is not None and not f.closed else size), size
+
     def batches(self) -> Iterator[list[Quote | Depth]]:
         """Yield lists of events (one per chunk of text), never empty lists."""
         self.stats = FeedStats(self.path)
         self._max_ts = _EPOCH
+        self._file = None
         try:
             f = open(self.path, "rb")
         except OSError as exc:
             raise FeedError(f"cannot open feed: {exc.strerror}", path=self.path) from None
+        self._file = f
         with f:
             head = f.read(2)
             f.seek(0)
@@ -256,10 +290,10 @@ class FeedReader:
             events, linenos = self._slow(buf, first_line)
         else:
             # decode_lines skips blank lines, and would also take two envelopes
-            # on one line (malformed): either shows as a count mismatch. (Both
-            # in one chunk would cancel out; a substring probe for blank lines
-            # costs 0.2 us a line, a third of the budget, so we accept that.)
-            if len(events) != n:
+            # on one line (malformed): either shows as a count mismatch, but
+            # both in one chunk would cancel out, so blank lines are looked for
+            # too (a regex finds them at 0.05 us a line; ``in`` takes 0.12).
+            if len(events) != n or _BLANK.search(buf) or _BLANK_HEAD.match(buf):
                 linenos = _nonblank(buf, first_line)
                 if len(linenos) == len(events):
                     st.blank += n - len(linenos)
@@ -275,7 +309,7 @@ class FeedReader:
         lines = buf.split(b"\n")
         lines.pop()  # buf ends with \n
         for i, line in enumerate(lines):
-            if not line.strip():
+            if not line.strip(_WS):
                 st.blank += 1
                 continue
             try:
@@ -355,7 +389,7 @@ def _nonblank(buf: bytes, first_line: int) -> list[int]:
     """Line numbers of the non-blank lines of ``buf``."""
     lines = buf.split(b"\n")
     lines.pop()
-    return [first_line + i for i, line in enumerate(lines) if line.strip()]
+    return [first_line + i for i, line in enumerate(lines) if line.strip(_WS)]
 
 
 def merge(readers: Sequence[FeedReader]) -> Iterator[Quote | Depth]:

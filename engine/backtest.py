@@ -87,7 +87,7 @@ class Backtest:
         self.instruments = config.instrument_map()
         self.strategies = list(strategies) if strategies is not None else build_strategies(config)
         depth = bt.depth and SyntheticDepth(levels=bt.depth.levels, size=bt.depth.size,
-                                           step_ticks=bt.depth.step_ticks)
+                                           spacing_ticks=bt.depth.step_ticks)
         self.venue = MatchingEngine(self.instruments, VenueConfig(
             latency_ms=bt.latency_ms, commission_per_million=Decimal(repr(bt.commission_per_million)),
             stop_out_level=bt.stop_out_level, synthetic_depth=depth or None,
@@ -114,7 +114,6 @@ class Backtest:
         on_market, on_quote, on_depth = venue.on_market, kernel.on_quote, kernel.on_depth
         send, deliver = self._send, self._deliver
         timers = kernel._timers
-        quotes = 0
         first = True
         for batch in self._batches():
             if first and batch:
@@ -127,18 +126,14 @@ class Backtest:
                 replies = on_market(event)
                 if replies:
                     deliver(replies)
-                if type(event) is Quote:
-                    quotes += 1
-                    intents = on_quote(event)
-                else:
-                    intents = on_depth(event)
+                intents = on_quote(event) if type(event) is Quote else on_depth(event)
                 if intents:
                     send(intents)
         if first:
             raise UsageError("the feed holds no quote or depth events")
         send(kernel.stop())
         self._sample(clock.now, regular=False)
-        return self._result(quotes)
+        return self._result(sum(r.stats.quotes + r.stats.depths for r in self.readers))
 
     def _start(self) -> None:
         interval = timedelta(seconds=self.config.backtest.equity_sample_s)
@@ -148,12 +143,12 @@ class Backtest:
         self._send(self.kernel.start())
 
     def _batches(self):
+        """Batches of market events; feeds beyond the first are merged by ts."""
         if len(self.readers) == 1:
             reader = self.readers[0]
-            total = reader.size() if self.progress else 0
             for batch in reader.batches():
                 if self.progress:
-                    self.progress(reader.position(), total)
+                    self.progress(*reader.progress())
                 yield batch
         else:
             batch: list = []

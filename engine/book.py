@@ -298,6 +298,9 @@ class Book:
         An order the book never knew is adopted without booking (its fills
         are in the positions of a portfolio snapshot).
 
+        Cancel and amend requests still unanswered are forgotten for the
+        orders listed: they were lost with the connection (resend them).
+
         Args:
             history: an ``orderHistory`` reply.
             complete: the history covers every order since the ones in flight
@@ -319,6 +322,7 @@ class Book:
                     diffs.append(f"order {order.key}: unknown locally, {order.status} at the venue")
             else:
                 self._reconcile_one(order, snap, diffs)
+            order.cancel_requested = order.amend_requested = False  # lost with the connection
             self._seen.add(snap.exec_id)
             self._index(order)
             listed.add(order)
@@ -327,6 +331,7 @@ class Book:
                 if complete:
                     orders.reject(order, None)
                     self._index(order)
+                    self._stats["rejections"] += 1
                     diffs.append(f"order {order.key}: never reached the venue; ended REJECTED")
                 else:
                     diffs.append(f"order {order.key}: still in flight, not in the history")

@@ -60,8 +60,8 @@ def _backtest(args: argparse.Namespace, err: Console) -> int:
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                   TimeRemainingColumn(), console=console, transient=True, disable=not show) as bar:
         task = bar.add_task("backtest", total=None)
-        backtest = Backtest(config, name=args.config.stem,
-                            progress=lambda done, total: bar.update(task, completed=done, total=total))
+        update = (lambda done, total: bar.update(task, completed=done, total=total)) if show else None
+        backtest = Backtest(config, name=args.config.stem, progress=update)
         started = time.perf_counter()
         result = attrs.evolve(backtest.run(), wall_seconds=time.perf_counter() - started)
     for failure in backtest.kernel.failures:

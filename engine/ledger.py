@@ -21,7 +21,7 @@ import attrs
 from engine import events
 from engine.enums import PositionSide, Side
 from engine.errors import UsageError
-from engine.instruments import CENT, Instrument, dec, to_cents
+from engine.instruments import CENT, Instrument, dec
 
 ZERO = Decimal(0)
 ONE = Decimal(1)

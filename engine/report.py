@@ -394,7 +394,7 @@ def render_table(result: BacktestResult, console=None, summary: dict | None = No
     dd_pct = _fmt(s["max_drawdown_pct"], ".2f", " %")
     rows = [
         ("Period", f"{s['start'] or '-'} .. {s['end'] or '-'}"),
-        ("Quotes", f"{result.quotes:,}{rate}"),
+        ("Market events", f"{result.quotes:,}{rate}"),
         ("Initial balance", _fmt_money(s["initial_balance"], cur)),
         ("Final equity", _fmt_money(s["final_equity"], cur)),
         ("Net P&L", Text(_fmt_money(s["net_pnl"], cur), style=colour)),

@@ -41,17 +41,19 @@ class InventoryQuoter(Strategy):
         fair = self._fair.get(q.symbol) if self.depth else None
         self.requote(q.symbol, fair if fair is not None else (q.bid + q.ask) * 0.5)
 
+    def targets(self, symbol: str, fair: float) -> dict[Side, float]:
+        """Where the two quotes belong now: around ``fair``, skewed against inventory."""
+        tick = 10.0 ** -self.book.instruments[symbol].price_precision
+        skew = self.skew_ticks * tick * self.net_quantity(symbol) / self.max_inventory
+        half = self.half_spread_ticks * tick
+        return {Side.BUY: fair - half - skew, Side.SELL: fair + half - skew}
+
     def requote(self, symbol: str, fair: float) -> None:
         tick = 10.0 ** -self.book.instruments[symbol].price_precision
         inventory = self.net_quantity(symbol)
-        skew = self.skew_ticks * tick * inventory / self.max_inventory
-        targets = {
-            Side.BUY: fair - self.half_spread_ticks * tick - skew,
-            Side.SELL: fair + self.half_spread_ticks * tick - skew,
-        }
         allowed = {Side.BUY: inventory < self.max_inventory, Side.SELL: inventory > -self.max_inventory}
         working = {o.side: o for o in self.working_orders(symbol)}
-        for side, price in targets.items():
+        for side, price in self.targets(symbol, fair).items():
             order = working.get(side)
             if not allowed[side]:
                 if order is not None and order.order_id:

@@ -138,7 +138,7 @@ def test_usdjpy_converted_at_the_mid_of_the_moment():
     # 0.98 JPY x 10,000 = 9,800 JPY / 151.01 = 64.896...
     assert deal.realized_pnl == D("64.90")
     assert led.rate("USDJPY") == 1 / D("151.01")
-    assert led.deals[0].commission == D("0.20")  # 3000.4 JPY notional... x20/1e6 /150.01
+    assert led.deals[0].commission == D("0.20")  # 1,500,200 JPY x 20 / 1e6 = 30.004 JPY / 150.01
 
 
 def test_cross_rate_uses_the_linking_pair_then_fixed_rate():

@@ -249,24 +249,24 @@ def test_day_order_expires_at_midnight_utc_gtc_does_not():
 # ------------------------------------------------------------------ positions: SL/TP, close, amend
 
 
-@pytest.mark.parametrize("side, level, q, cause, price", [
-    (BUY, dict(stop_loss=1.0990), (1.0990, 1.0992), Reason.STOP_LOSS, 1.0990),
-    (BUY, dict(take_profit=1.1010), (1.1010, 1.1012), Reason.TAKE_PROFIT, 1.1010),
-    (SELL, dict(stop_loss=1.1010), (1.1008, 1.1010), Reason.STOP_LOSS, 1.1010),
-    (SELL, dict(take_profit=1.0990), (1.0988, 1.0990), Reason.TAKE_PROFIT, 1.0990),
+@pytest.mark.parametrize("side, level, near, hit, cause", [
+    (BUY, dict(stop_loss=1.0990), (1.0991, 1.0993), (1.0990, 1.0992), Reason.STOP_LOSS),
+    (BUY, dict(take_profit=1.1010), (1.1009, 1.1011), (1.1010, 1.1012), Reason.TAKE_PROFIT),
+    (SELL, dict(stop_loss=1.1010), (1.1007, 1.1009), (1.1008, 1.1010), Reason.STOP_LOSS),
+    (SELL, dict(take_profit=1.0990), (1.0989, 1.0991), (1.0988, 1.0990), Reason.TAKE_PROFIT),
 ])
-def test_position_sl_tp_close_as_server_market_order(side, level, q, cause, price):
+def test_position_sl_tp_close_as_server_market_order(side, level, near, hit, cause):
+    """A LONG's levels trigger on the bid, a SHORT's on the ask."""
     eng = venue()
     opened = eng.submit(order(side, client_order_id="c1", **level), origin="conn")
     (pos,) = opened[-1].event.positions
     assert (pos.stop_loss, pos.take_profit) == (level.get("stop_loss"), level.get("take_profit"))
-    near = (q[0] + 0.0001, q[1] + 0.0001) if "SELL" in side and cause is Reason.TAKE_PROFIT or (
-        side is BUY and cause is Reason.STOP_LOSS) else (q[0] - 0.0001, q[1] - 0.0001)
     assert eng.on_market(quote(*near, ms=1)) == ()
-    replies = eng.on_market(quote(*q, ms=2))
+    replies = eng.on_market(quote(*hit, ms=2))
     assert flow(replies) == [f"NEW:{cause}", f"FILLED:{cause}", "P"]
     new, filled = execs(replies)
     assert new.position_id == pos.position_id and new.client_order_id is None
+    price = hit[0] if side is BUY else hit[1]
     assert (filled.side, filled.last_price) == (side.opposite, price)
     assert all(r.to is None for r in replies)
     assert replies[-1].event.positions == ()
@@ -335,8 +335,8 @@ def test_cancel_working_order(by):
     eng = venue()
     eng.submit(order(BUY, type=LMT, price=1.09, client_order_id="c1"))
     key = {"order_id": "o-1"} if by == "order_id" else {"client_order_id": "c1"}
-    replies = eng.submit(it.CancelOrder("A", **key))
-    assert flow(replies) == ["CANCELLED:CLIENT"]
+    replies = eng.submit(it.CancelOrder("A", **key), origin="other-conn")
+    assert flow(replies) == ["CANCELLED:CLIENT"] and replies[0].to == "other-conn"
     assert execs(replies)[0].remaining_quantity == 10_000
     assert eng.on_market(quote(1.08, 1.0802, ms=1)) == ()  # no longer rests
 
@@ -586,3 +586,94 @@ def test_money_adds_up_after_a_busy_script():
         assert o.commission == pytest.approx(by_order.get(o.order_id, 0))
         assert o.remaining_quantity == o.quantity - o.filled_quantity
     assert D(0) <= D(len(deals))
+
+
+# ------------------------------------------------------------------ properties over random runs
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_prices = st.integers(10_900, 11_100).map(lambda n: n / 10_000)
+_quote_step = st.tuples(
+    st.just("quote"), _prices, st.integers(1, 5), st.sampled_from([None, 5000.0]))
+_order_step = st.tuples(
+    st.just("order"), st.sampled_from([BUY, SELL]), st.integers(1, 30),
+    st.sampled_from([MKT, LMT, STP, STL]), _prices,
+    st.sampled_from([None, TimeInForce.IOC, TimeInForce.FOK, TimeInForce.DAY]),
+    st.sampled_from([None, 0.01, -0.01]),
+)
+_steps = st.lists(
+    st.one_of(
+        _quote_step, _quote_step, _quote_step, _order_step, _order_step, _order_step,
+        st.tuples(st.just("cancel"), st.integers(1, 8)),
+        st.tuples(st.just("amend"), st.integers(1, 8), st.integers(1, 30), _prices),
+        st.tuples(st.just("close"), st.integers(1, 4)),
+    ),
+    max_size=50,
+)
+
+
+def _run(steps, latency) -> list[Reply]:
+    eng = venue(latency_ms=latency, commission_per_million=17, stop_out_level=30)
+    out: list[Reply] = []
+    ms = 0
+    for step in steps:
+        kind = step[0]
+        if kind == "quote":
+            _, bid, spread, size = step
+            ms += 1
+            out += eng.on_market(quote(bid, round(bid + spread / 10_000, 4), ms=ms, ask_size=size,
+                                       bid_size=size))
+        elif kind == "order":
+            _, side, lots, type_, px, tif, sl = step
+            stop_loss = None if sl is None else round(px - side.sign * abs(sl), 4)
+            out += eng.submit(order(side, lots * 1000, type=type_, price=px, stop_price=px,
+                                    time_in_force=tif, stop_loss=stop_loss))
+        elif kind == "cancel":
+            out += eng.submit(it.CancelOrder("A", order_id=f"o-{step[1]}"))
+        elif kind == "amend":
+            out += eng.submit(it.AmendOrder("A", f"o-{step[1]}", quantity=step[2] * 1000,
+                                            price=step[3]))
+        else:
+            out += eng.submit(it.ClosePosition("A", f"p-{step[1]}"))
+    out += eng.on_market(quote(1.1, 1.1002, ms=ms + 100))
+    return out, eng
+
+
+@settings(max_examples=150, deadline=None)
+@given(_steps, st.sampled_from([0, 2]))
+def test_random_runs_keep_protocol_invariants_and_are_deterministic(steps, latency):
+    out, eng = _run(steps, latency)
+    again, _ = _run(steps, latency)
+    assert out == again
+    seen_exec, state = set(), {}
+    for e in execs(out):
+        assert e.exec_id not in seen_exec
+        seen_exec.add(e.exec_id)
+        assert e.remaining_quantity == pytest.approx(e.quantity - e.filled_quantity)
+        prev = state.get(e.order_id)
+        if prev is None:
+            assert e.status is OrderStatus.NEW
+            filled = 0.0
+        else:
+            assert not prev.status.is_final, (prev.status, e.status)
+            filled = prev.filled_quantity
+        if e.last_quantity:
+            assert e.status in (OrderStatus.FILLED, OrderStatus.PARTIALLY_FILLED)
+            assert e.filled_quantity == pytest.approx(filled + e.last_quantity)
+            assert e.position_id is not None
+        else:
+            assert e.commission == 0 and e.filled_quantity == filled
+        if e.status in (OrderStatus.CANCELLED, OrderStatus.EXPIRED):
+            assert e.reason is not None
+        state[e.order_id] = e
+    deals = eng.deal_history(it.DealHistoryQuery("A", limit=1000)).deals
+    pf = eng.portfolio("A")
+    assert pf.balance == pytest.approx(100_000 + sum(d.realized_pnl - d.commission for d in deals))
+    net = sum(d.quantity * d.side.sign for d in deals if d.symbol == "EURUSD")
+    signed = sum(p.quantity * (1 if p.side is PositionSide.LONG else -1)
+                 for p in pf.positions if p.symbol == "EURUSD")
+    assert signed == pytest.approx(net)
+    assert all(o.commission == pytest.approx(sum(d.commission for d in deals
+                                                 if d.order_id == o.order_id))
+               for o in eng.order_history(it.OrderHistoryQuery("A", limit=1000)).orders)

@@ -28,9 +28,11 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import NamedTuple
 
-import attrs
-
 from adapters.sim.accounts import Account, Order, select
+from adapters.sim.rules import (
+    Reject, SyntheticDepth, VenueConfig, Watch, check_amend, check_close, check_create, levels,
+    margin_ok, next_midnight, sltp_hit,
+)
 from engine import events
 from engine import intents as it
 from engine.clock import VirtualClock
@@ -41,52 +43,24 @@ from engine.ledger import Ledger, fdec
 
 _UTC = timezone.utc
 _FAR = datetime.max.replace(tzinfo=_UTC)
-_INF = float("inf")
 _EMPTY: tuple = ()
-_DAY = timedelta(days=1)
-_LONG_OF = {Side.BUY: PositionSide.LONG, Side.SELL: PositionSide.SHORT}
-_MARKET, _LIMIT = OrderType.MARKET, OrderType.LIMIT
-_STOP, _STOP_LIMIT = OrderType.STOP, OrderType.STOP_LIMIT
+_OWNER = object()  # "to the origin of the order's own request"
+_MARKET, _STOP = OrderType.MARKET, OrderType.STOP
+__all__ = ["MatchingEngine", "Reply", "SyntheticDepth", "VenueConfig"]
+
 _REQUEST_TYPE = {
     it.CreateOrder: "createOrder", it.CancelOrder: "cancelOrder", it.AmendOrder: "amendOrder",
     it.ClosePosition: "closePosition", it.AmendPosition: "amendPosition",
 }
 
 
-@attrs.frozen
-class SyntheticDepth:
-    """Depth made from each quote: ``levels`` per side, ``size`` units each
-    (the first level takes the quote's bidSize/askSize when given), prices
-    ``spacing_ticks`` ticks apart."""
-
-    levels: int = 5
-    size: Decimal = attrs.field(default=Decimal(1_000_000), converter=dec)
-    spacing_ticks: int = 1
-
-
-@attrs.frozen
-class VenueConfig:
-    """Settings of the simulated venue (PROTOCOL section 7).
-
-    Attributes:
-        latency_ms: a request arrives at send time + this.
-        commission_per_million: commission per million units of notional
-            (quantity x fill price, converted to the account currency).
-        stop_out_level: margin level (percent) under which positions are
-            closed, largest loss first; None (default) turns stop-out off.
-        synthetic_depth: levels made from quotes for symbols without recorded
-            depth; None: top of book only.
-    """
-
-    latency_ms: float = 0
-    commission_per_million: Decimal = attrs.field(default=Decimal(0), converter=dec)
-    stop_out_level: float | None = None
-    synthetic_depth: SyntheticDepth | None = None
-
-
 class Reply(NamedTuple):
     """An event for a client; ``to`` is the origin tag of the request that
-    caused it (None: server-caused, e.g. a stop-loss or a stop-out).
+    caused it: the request itself for its direct reply (``NEW``, ``AMENDED``,
+    ``CANCELLED`` on request, an ``error``, amendPosition's portfolio), the
+    request that created the order for its later fills and ends, None for
+    what the server caused (stop-loss, take-profit, stop-out). Fanning an
+    event out to other subscribed connections is the server's job.
 
     A NamedTuple rather than an attrs class: a market order makes three of
     these, and a frozen attrs instance costs 0.3 us against 0.1 us.
@@ -94,39 +68,6 @@ class Reply(NamedTuple):
 
     event: events.Event
     to: object | None = None
-
-
-class _Reject(Exception):
-    """A request refused at arrival: becomes an ``error`` event."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        self.code = code
-        self.message = message
-
-
-class _Watch:
-    """Why a symbol's events need work: price thresholds and flags.
-
-    A quote needs matching when bid <= bid_le (sell stops, LONG stop-loss),
-    bid >= bid_ge (sell limits, LONG take-profit), ask >= ask_ge (buy stops,
-    SHORT stop-loss) or ask <= ask_le (buy limits, SHORT take-profit), or
-    always while a MARKET order waits for its quote or stop-out may act.
-    """
-
-    __slots__ = ("bid_le", "bid_ge", "ask_ge", "ask_le", "always")
-
-    def __init__(self) -> None:
-        self.bid_le = -_INF
-        self.bid_ge = _INF
-        self.ask_ge = _INF
-        self.ask_le = -_INF
-        self.always = False
-
-    def hit(self, bid: float, ask: float) -> bool:
-        return (
-            self.always or bid <= self.bid_le or bid >= self.bid_ge
-            or ask >= self.ask_ge or ask <= self.ask_le
-        )
 
 
 class MatchingEngine:
@@ -155,7 +96,7 @@ class MatchingEngine:
         self._did = itertools.count(1)
         self._book: dict[str, list[Order]] = {}  # working orders waiting on a symbol
         self._sltp: dict[str, dict[str, None]] = {}  # symbol -> accounts with SL/TP there
-        self._watch: dict[str, _Watch] = {}
+        self._watch: dict[str, Watch] = {}
         self._day: list[Order] = []
         self._next_arrival = _FAR
         self._next_expiry = _FAR
@@ -244,7 +185,7 @@ class MatchingEngine:
                 self._amend_position(intent, origin, replies)
             else:
                 raise UsageError(f"not a trading intent: {intent!r}")
-        except _Reject as r:
+        except Reject as r:
             replies.append(Reply(events.Error(
                 code=r.code, message=r.message, request_type=_REQUEST_TYPE[kind],
                 client_order_id=getattr(intent, "client_order_id", None),
@@ -254,21 +195,21 @@ class MatchingEngine:
     def _acct(self, account_id: str) -> Account:
         acct = self.accounts.get(account_id)
         if acct is None:
-            raise _Reject(ErrorCode.FORBIDDEN, f"unknown account {account_id!r}")
+            raise Reject(ErrorCode.FORBIDDEN, f"unknown account {account_id!r}")
         return acct
 
     def _create(self, c: it.CreateOrder, origin, arrival, replies) -> None:
         acct = self._acct(c.account_id)
         coid = c.client_order_id
         if coid is not None and coid in acct.by_client_id:
-            raise _Reject(ErrorCode.DUPLICATE_CLIENT_ORDER_ID, f"clientOrderId {coid!r} is used")
+            raise Reject(ErrorCode.DUPLICATE_CLIENT_ORDER_ID, f"clientOrderId {coid!r} is used")
         inst = self.instruments.get(c.symbol)
         if inst is None:
-            raise _Reject(ErrorCode.UNKNOWN_SYMBOL, f"unknown symbol {c.symbol!r}")
-        qty, price, stop, tif = self._validate(c, inst)
+            raise Reject(ErrorCode.UNKNOWN_SYMBOL, f"unknown symbol {c.symbol!r}")
+        qty, price, stop, tif = check_create(c, inst, self.quotes.get(c.symbol))
         ref = self._reference_price(c.symbol, c.side, c.type, price, stop)
-        if ref is not None and not self._margin_ok(acct.ledger, c.symbol, c.side, qty, ref):
-            raise _Reject(ErrorCode.INSUFFICIENT_MARGIN, "free margin does not cover the order")
+        if ref is not None and not margin_ok(acct.ledger, self.instruments, c.symbol, c.side, qty, ref):
+            raise Reject(ErrorCode.INSUFFICIENT_MARGIN, "free margin does not cover the order")
         now = self.clock.now
         order = Order(
             account_id=c.account_id, order_id=f"o-{next(self._oid)}", client_order_id=coid,
@@ -283,58 +224,12 @@ class MatchingEngine:
         self._arrive(order, acct, replies)
         self._portfolio(acct, origin, replies)
 
-    def _validate(self, c: it.CreateOrder, inst: Instrument):
-        bad = ErrorCode.INVALID_ORDER
-        qty = Decimal(repr(c.quantity)) if type(c.quantity) is float else dec(c.quantity)
-        if qty <= 0 or qty % inst.lot_step:
-            raise _Reject(bad, f"quantity {c.quantity} must be > 0 and a multiple of {inst.lot_step}")
-        t, price, stop = c.type, c.price, c.stop_price
-        if t is _MARKET or t is _STOP:
-            price = None
-        if t is _MARKET or t is _LIMIT:
-            stop = None
-        if t in (_LIMIT, _STOP_LIMIT) and price is None:
-            raise _Reject(bad, f"a {t} order needs a price")
-        if t in (_STOP, _STOP_LIMIT) and stop is None:
-            raise _Reject(bad, f"a {t} order needs a stopPrice")
-        if t is not _MARKET or c.stop_loss is not None or c.take_profit is not None:
-            for name, v in (("price", price), ("stopPrice", stop), ("stopLoss", c.stop_loss),
-                            ("takeProfit", c.take_profit)):
-                if v is not None and not v > 0:
-                    raise _Reject(bad, f"{name} must be > 0, got {v}")
-        tif = c.effective_tif
-        if t is _MARKET and tif not in (TimeInForce.IOC, TimeInForce.FOK):
-            raise _Reject(bad, f"a MARKET order takes IOC or FOK, not {tif}")
-        if c.stop_loss is not None or c.take_profit is not None:
-            if t is _MARKET:
-                q = self.quotes.get(c.symbol)
-                ref = None if q is None else (q.bid if c.side is Side.BUY else q.ask)
-            else:
-                ref = price if price is not None else stop
-            if ref is not None:
-                s = c.side.sign
-                if c.stop_loss is not None and not (ref - c.stop_loss) * s > 0:
-                    raise _Reject(bad, f"stopLoss {c.stop_loss} is on the wrong side of {ref}")
-                if c.take_profit is not None and not (c.take_profit - ref) * s > 0:
-                    raise _Reject(bad, f"takeProfit {c.take_profit} is on the wrong side of {ref}")
-        return qty, price, stop, tif
-
     def _reference_price(self, symbol, side, type_, price, stop) -> Decimal | None:
         """The price the margin check values an order at (None: no quote yet)."""
-        if type_ is _MARKET or (type_ is _STOP and stop is None):
+        if type_ is _MARKET:
             q = self.quotes.get(symbol)
             return None if q is None else fdec(q.ask if side is Side.BUY else q.bid)
-        return dec(price if price is not None else stop)
-
-    def _margin_ok(self, ledger: Ledger, symbol, side, qty: Decimal, price: Decimal) -> bool:
-        """Free margin covers the exposure the order adds (reducing always passes)."""
-        pos = ledger.positions.get(symbol)
-        if pos is not None and pos.side is not _LONG_OF[side]:
-            qty -= pos.quantity
-            if qty <= 0:
-                return True
-        required = qty * price * ledger.rate(symbol) / self.instruments[symbol].leverage
-        return ledger.free_margin() >= required
+        return fdec(price if price is not None else stop)
 
     def _find_working(self, acct: Account, order_id, client_order_id) -> Order | None:
         order = (acct.orders.get(order_id) if order_id is not None
@@ -345,36 +240,22 @@ class MatchingEngine:
         acct = self._acct(c.account_id)
         order = self._find_working(acct, c.order_id, c.client_order_id)
         if order is None:
-            raise _Reject(ErrorCode.UNKNOWN_ORDER, "no such working order")
-        self._end(order, OrderStatus.CANCELLED, Reason.CLIENT, replies)
+            raise Reject(ErrorCode.UNKNOWN_ORDER, "no such working order")
+        self._end(order, OrderStatus.CANCELLED, Reason.CLIENT, replies, to=origin)
 
     def _amend(self, a: it.AmendOrder, origin, replies) -> None:
         acct = self._acct(a.account_id)
         order = acct.orders.get(a.order_id)
         if order is None:
-            raise _Reject(ErrorCode.UNKNOWN_ORDER, f"no order {a.order_id!r}")
-        na = ErrorCode.NOT_AMENDABLE
-        if not order.working:
-            raise _Reject(na, f"order {a.order_id} is {order.status}")
-        qty = order.quantity
-        if a.quantity is not None:
-            qty = dec(a.quantity)
-            step = self.instruments[order.symbol].lot_step
-            if qty <= order.filled or qty % step:
-                raise _Reject(na, f"quantity must be > filled ({order.filled}) and a multiple of {step}")
-        if a.price is not None and (order.type not in (_LIMIT, _STOP_LIMIT) or not a.price > 0):
-            raise _Reject(na, f"price {a.price} is not amendable on this {order.type} order")
-        if a.stop_price is not None and (
-            order.type not in (_STOP, _STOP_LIMIT) or not a.stop_price > 0
-        ):
-            raise _Reject(na, f"stopPrice {a.stop_price} is not amendable on this {order.type} order")
+            raise Reject(ErrorCode.UNKNOWN_ORDER, f"no order {a.order_id!r}")
+        qty = check_amend(order, a, self.instruments[order.symbol])
         order.set_quantity(qty)
         if a.price is not None:
             order.price = a.price
         if a.stop_price is not None:
             order.stop_price = a.stop_price
         order.status = OrderStatus.AMENDED
-        replies.append(Reply(order.event(f"x-{next(self._xid)}", self.clock.now), order.origin))
+        replies.append(Reply(order.event(f"x-{next(self._xid)}", self.clock.now), origin))
         if order.type is not _MARKET:
             book = self._book.get(order.symbol)
             if book is not None and order in book:
@@ -387,31 +268,23 @@ class MatchingEngine:
         acct = self._acct(c.account_id)
         pos = acct.ledger.position_by_id(c.position_id)
         if pos is None:
-            raise _Reject(ErrorCode.UNKNOWN_POSITION, f"no open position {c.position_id!r}")
-        qty = pos.quantity
-        if c.quantity is not None:
-            qty = dec(c.quantity)
-            step = self.instruments[pos.symbol].lot_step
-            if qty <= 0 or qty > pos.quantity or qty % step:
-                raise _Reject(
-                    ErrorCode.INVALID_ORDER,
-                    f"quantity {c.quantity} must be > 0, <= {pos.quantity} and a multiple of {step}",
-                )
+            raise Reject(ErrorCode.UNKNOWN_POSITION, f"no open position {c.position_id!r}")
+        qty = check_close(c, pos, self.instruments[pos.symbol])
         self._server_order(acct, pos, qty, Reason.CLOSE_POSITION, origin, arrival, replies)
 
     def _amend_position(self, a: it.AmendPosition, origin, replies) -> None:
         acct = self._acct(a.account_id)
         pos = acct.ledger.position_by_id(a.position_id)
         if pos is None:
-            raise _Reject(ErrorCode.UNKNOWN_POSITION, f"no open position {a.position_id!r}")
+            raise Reject(ErrorCode.UNKNOWN_POSITION, f"no open position {a.position_id!r}")
         sl = pos.stop_loss if a.stop_loss is it.KEEP else a.stop_loss
         tp = pos.take_profit if a.take_profit is it.KEEP else a.take_profit
         for name, v in (("stopLoss", sl), ("takeProfit", tp)):
             if v is not None and not v > 0:
-                raise _Reject(ErrorCode.NOT_AMENDABLE, f"{name} must be > 0, got {v}")
+                raise Reject(ErrorCode.NOT_AMENDABLE, f"{name} must be > 0, got {v}")
         q = self.quotes.get(pos.symbol)
-        if q is not None and _sltp_hit(pos.side, sl, tp, q.bid, q.ask) is not None:
-            raise _Reject(ErrorCode.NOT_AMENDABLE, "a level would trigger at once")
+        if q is not None and sltp_hit(pos.side, sl, tp, q.bid, q.ask) is not None:
+            raise Reject(ErrorCode.NOT_AMENDABLE, "a level would trigger at once")
         pos.stop_loss, pos.take_profit = sl, tp
         self._track_sltp(acct, pos.symbol)
         self._rewatch(pos.symbol)
@@ -476,8 +349,7 @@ class MatchingEngine:
         self._next_due = min(self._next_arrival, self._next_expiry)
 
     def _add_day(self, order: Order, now: datetime) -> None:
-        d = now.astimezone(_UTC)
-        order.expires_at = datetime(d.year, d.month, d.day, tzinfo=_UTC) + _DAY
+        order.expires_at = next_midnight(now)
         self._day.append(order)
         if order.expires_at < self._next_expiry:
             self._next_expiry = order.expires_at
@@ -512,7 +384,7 @@ class MatchingEngine:
             pos = acct.ledger.positions.get(sym)
             if pos is None:
                 continue
-            cause = _sltp_hit(pos.side, pos.stop_loss, pos.take_profit, bid, ask)
+            cause = sltp_hit(pos.side, pos.stop_loss, pos.take_profit, bid, ask)
             if cause is not None:
                 self._server_order(acct, pos, pos.quantity, cause, None, None, replies)
         if self._stop_out is not None:
@@ -578,25 +450,6 @@ class MatchingEngine:
         self._book.setdefault(order.symbol, []).append(order)
         self._rewatch(order.symbol)
 
-    def _levels(self, symbol: str, side: Side, q: events.Quote):
-        """(price, size or None for unlimited) best first, on the side ``side`` takes."""
-        d = self.depths.get(symbol)
-        if d is not None:
-            return d.asks if side is Side.BUY else d.bids
-        buy = side is Side.BUY
-        top, size = (q.ask, q.ask_size) if buy else (q.bid, q.bid_size)
-        syn = self.config.synthetic_depth
-        if syn is None:
-            return ((top, size),)
-        inst = self.instruments[symbol]
-        step = syn.spacing_ticks * 10.0 ** -inst.price_precision
-        sign = 1 if buy else -1
-        return tuple(
-            (round(top + sign * i * step, inst.price_precision),
-             size if i == 0 and size is not None else syn.size)
-            for i in range(syn.levels)
-        )
-
     def _take(self, order: Order, acct: Account, q, limit, replies, check_margin, rest=False) -> None:
         """Take liquidity, one fill per level up to ``limit``; then IOC/FOK/rest."""
         want = order.remaining
@@ -607,7 +460,9 @@ class MatchingEngine:
         step = self.instruments[order.symbol].lot_step
         fills = []
         left = want
-        for price, size in self._levels(order.symbol, order.side, q):
+        liquidity = levels(order.side, q, self.depths.get(order.symbol),
+                           self.config.synthetic_depth, self.instruments[order.symbol])
+        for price, size in liquidity:
             if not left or (limit is not None and (price > limit if buy else price < limit)):
                 break
             qty = left if size is None else min(left, dec(size) // step * step)
@@ -631,8 +486,8 @@ class MatchingEngine:
         """Book one fill; False if the margin check at the fill cancelled the order."""
         ledger = acct.ledger
         sym = order.symbol
-        if check_margin and order.cause is None and not self._margin_ok(
-            ledger, sym, order.side, qty, price
+        if check_margin and order.cause is None and not margin_ok(
+            ledger, self.instruments, sym, order.side, qty, price
         ):
             self._end(order, OrderStatus.CANCELLED, Reason.INSUFFICIENT_MARGIN, replies)
             return False
@@ -648,7 +503,7 @@ class MatchingEngine:
         acct.dirty = True
         if order.stop_loss is not None or order.take_profit is not None:
             pos = ledger.positions.get(sym)
-            if pos is not None and pos.side is _LONG_OF[order.side]:
+            if pos is not None and (pos.side is PositionSide.LONG) is (order.side is Side.BUY):
                 pos.stop_loss, pos.take_profit = order.stop_loss, order.take_profit
                 self._track_sltp(acct, sym)
         replies.append(Reply(
@@ -659,14 +514,15 @@ class MatchingEngine:
             self._rewatch(sym)
         return True
 
-    def _end(self, order: Order, status: OrderStatus, reason: Reason, replies) -> None:
+    def _end(self, order: Order, status: OrderStatus, reason: Reason, replies, to=_OWNER) -> None:
         order.status = status
         order.reason = reason
         book = self._book.get(order.symbol)
         if book is not None and order in book:
             book.remove(order)
             self._rewatch(order.symbol)
-        replies.append(Reply(order.event(f"x-{next(self._xid)}", self.clock.now), order.origin))
+        to = order.origin if to is _OWNER else to
+        replies.append(Reply(order.event(f"x-{next(self._xid)}", self.clock.now), to))
 
     def _server_order(self, acct: Account, pos, qty: Decimal, cause: Reason, origin, arrival,
                       replies) -> None:
@@ -702,41 +558,20 @@ class MatchingEngine:
 
     def _rewatch(self, sym: str) -> None:
         """Recompute what prices make ``sym`` need work (drop the watch if nothing)."""
-        w = _Watch()
+        w = Watch()
         busy = False
         for o in self._book.get(sym, ()):
             busy = True
-            buy = o.side is Side.BUY
-            if o.type is _MARKET:
-                w.always = True
-            elif o.stop_pending:
-                if buy:
-                    w.ask_ge = min(w.ask_ge, o.stop_price)
-                else:
-                    w.bid_le = max(w.bid_le, o.stop_price)
-            elif buy:
-                w.ask_le = max(w.ask_le, o.price)
-            else:
-                w.bid_ge = min(w.bid_ge, o.price)
+            w.add_order(o)
         holders = self._sltp.get(sym)
         if holders:
             for account_id in list(holders):
                 pos = self.accounts[account_id].ledger.positions.get(sym)
                 if pos is None or (pos.stop_loss is None and pos.take_profit is None):
                     del holders[account_id]
-                    continue
-                busy = True
-                long = pos.side is PositionSide.LONG
-                if pos.stop_loss is not None:
-                    if long:
-                        w.bid_le = max(w.bid_le, pos.stop_loss)
-                    else:
-                        w.ask_ge = min(w.ask_ge, pos.stop_loss)
-                if pos.take_profit is not None:
-                    if long:
-                        w.bid_ge = min(w.bid_ge, pos.take_profit)
-                    else:
-                        w.ask_le = max(w.ask_le, pos.take_profit)
+                else:
+                    busy = True
+                    w.add_position(pos)
             if not holders:
                 del self._sltp[sym]
         if self._stop_out is not None and any(
@@ -747,18 +582,3 @@ class MatchingEngine:
             self._watch[sym] = w
         else:
             self._watch.pop(sym, None)
-
-
-def _sltp_hit(side: PositionSide, sl, tp, bid: float, ask: float) -> Reason | None:
-    """Which level of a position the price crosses: a LONG's on the bid, a SHORT's on the ask."""
-    if side is PositionSide.LONG:
-        if sl is not None and bid <= sl:
-            return Reason.STOP_LOSS
-        if tp is not None and bid >= tp:
-            return Reason.TAKE_PROFIT
-    else:
-        if sl is not None and ask >= sl:
-            return Reason.STOP_LOSS
-        if tp is not None and ask <= tp:
-            return Reason.TAKE_PROFIT
-    return None
