@@ -140,7 +140,9 @@ class Backtest:
         self.kernel.on_fill = self._on_fill
         self.kernel.add_timer(interval, self._on_sample)
         self._sample(self.venue.clock.now, regular=True)
-        self._send(self.kernel.start())
+        intents = self.kernel.start()
+        self.venue.portfolio_events = self.kernel.wants_portfolio
+        self._send(intents)
 
     def _batches(self):
         """Batches of market events; feeds beyond the first are merged by ts."""
@@ -184,7 +186,6 @@ class Backtest:
 
     def _on_fill(self, execution) -> None:
         self._fills += 1
-        self._sample(execution.ts, regular=False)
 
     def _sample(self, ts, *, regular: bool) -> None:
         self.equity.append((ts, float(self.book.equity())))

@@ -89,6 +89,7 @@ class Book:
         self._booked: dict[Order, tuple[Decimal, Decimal]] = {}  # quantity, value
         self._local_ids = 0
         self._stats = dict.fromkeys(_STAT_KEYS, 0)
+        self._rejections_by_reason: dict[str, int] = {}
         self._handlers: dict[type, Callable[[object], bool]] = {
             Execution: self._on_execution,
             Error: self._on_error,
@@ -178,7 +179,7 @@ class Book:
         self._index(order)
         stats["executions"] += 1
         if order.status is OrderState.REJECTED and was is not OrderState.REJECTED:
-            stats["rejections"] += 1
+            self._count_rejection(order)
         return True
 
     def _on_error(self, err: Error) -> bool:
@@ -208,7 +209,7 @@ class Book:
                 return False  # already rejected (one rejection), or accepted
             orders.reject(order, Reason(code.value))
             self._index(order)
-            self._stats["rejections"] += 1
+            self._count_rejection(order)
             return True
         if kind == "cancelOrder" and order.cancel_requested:
             order.cancel_requested = False  # e.g. a fill won the race: harmless
@@ -241,6 +242,11 @@ class Book:
         booked_qty, booked_value = self._booked.get(order, _NOTHING)
         self._booked[order] = (booked_qty + qty, booked_value + qty * price)
         self._stats["fills"] += 1
+
+    def _count_rejection(self, order: Order) -> None:
+        self._stats["rejections"] += 1
+        reason = str(order.reason) if order.reason is not None else "NONE"
+        self._rejections_by_reason[reason] = self._rejections_by_reason.get(reason, 0) + 1
 
     def _local_position_id(self) -> str:
         self._local_ids += 1
@@ -318,6 +324,8 @@ class Book:
             if order is None:
                 order = Order.from_execution(snap)
                 orders.apply(order, snap, snapshot=True)
+                if order.status is OrderState.REJECTED:
+                    self._count_rejection(order)
                 if order.is_working:
                     diffs.append(f"order {order.key}: unknown locally, {order.status} at the venue")
             else:
@@ -331,7 +339,7 @@ class Book:
                 if complete:
                     orders.reject(order, None)
                     self._index(order)
-                    self._stats["rejections"] += 1
+                    self._count_rejection(order)
                     diffs.append(f"order {order.key}: never reached the venue; ended REJECTED")
                 else:
                     diffs.append(f"order {order.key}: still in flight, not in the history")
@@ -353,7 +361,7 @@ class Book:
             if was is not order.status:
                 diffs.append(f"order {order.key}: {was} -> {order.status}")
         if order.status is OrderState.REJECTED and was is not OrderState.REJECTED:
-            self._stats["rejections"] += 1
+            self._count_rejection(order)
         missing = dec(snap.filled_quantity) - booked_qty
         if missing <= 0:
             return
@@ -469,9 +477,12 @@ class Book:
         return self._view
 
     def statistics(self) -> dict:
-        """Counts for monitoring: events applied and ignored, and the state now."""
+        """Counts for monitoring: events applied and ignored, rejections (also
+        by reason code; ``NONE`` for an order that never reached the venue),
+        and the state now."""
         return {
             **self._stats,
+            "rejections_by_reason": dict(self._rejections_by_reason),
             "exec_ids_seen": len(self._seen),
             "orders": len(self._all),
             "working_orders": len(self._working),

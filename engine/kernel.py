@@ -26,8 +26,8 @@ import attrs
 from engine import events as ev
 from engine import intents as it
 from engine.enums import EventKind
-from engine.errors import UsageError
-from risk import Approved, RiskGate
+from engine.errors import TriotradeError, UsageError
+from risk import Approved, RiskGate, TradingState
 from strategies.base import Strategy
 
 _NONE: tuple = ()
@@ -133,6 +133,7 @@ class Kernel:
         self.run_tag = run_tag
         self.cancel_on_stop = cancel_on_stop
         self.failures: list[StrategyFailure] = []
+        self.anomalies: list[str] = []
         self.on_fill: Callable[[ev.Execution], None] | None = None
         self.reconciling = False
         self._out: list = []
@@ -169,6 +170,12 @@ class Kernel:
             for s in self.strategies:
                 self._cancel_working(s)
         return self._take()
+
+    @property
+    def wants_portfolio(self) -> bool:
+        """True if a strategy listens to portfolio snapshots (or the book must
+        reconcile with them)."""
+        return bool(self._portfolio_subs) or self.reconciling
 
     def subscriptions(self) -> list:
         """The subscribe requests the strategies asked for (the live adapter sends them)."""
@@ -224,8 +231,11 @@ class Kernel:
     def on_event(self, event) -> Sequence:
         """An account event from the venue: book first, then the strategy."""
         if type(event) is ev.Execution:
-            if not self.book.apply(event):
-                return _NONE  # a duplicate: applied once already
+            try:
+                if not self.book.apply(event):
+                    return _NONE  # a duplicate: applied once already
+            except TriotradeError as exc:
+                return self._book_disagrees(event, exc)
             owner = self._owner.get(event.client_order_id) if event.client_order_id else None
             targets = [owner] if owner is not None else self._exec_subs.get(event.symbol, ())
             for s in targets:
@@ -325,7 +335,7 @@ class Kernel:
             if s is not None:
                 self._owner[intent.client_order_id] = s
                 s._ctx.owned.add(intent.client_order_id)
-        self.book.on_sent(intent)
+        self.book.on_sent(intent, self.clock.now)
         self._out.append(intent)
         return True
 
@@ -333,6 +343,13 @@ class Kernel:
         """The approved intents gathered so far, in order."""
         out, self._out = self._out, []
         return out
+
+    def _book_disagrees(self, event, exc: Exception) -> Sequence:
+        """An event the book cannot apply (an illegal move, a contradiction):
+        fail closed. The gate takes no new risk until a reconciliation."""
+        self.anomalies.append(f"{type(exc).__name__}: {exc}")
+        self.gate.set_state(TradingState.REDUCING, f"book disagrees with the venue: {exc}")
+        return self._take()
 
     def _owner_of(self, error: ev.Error) -> Strategy | None:
         if error.client_order_id:

@@ -190,7 +190,7 @@ class Ledger:
             price = dec(price)
         if quantity <= 0:
             raise UsageError(f"fill quantity must be > 0, got {quantity}")
-        rate = self.rate(symbol)
+        rate = None  # asked for only when money moves: an opening fill needs no quote
         pos = self.positions.get(symbol)
         legs: list[tuple[str, Decimal, Decimal]] = []  # (position_id, qty, realized)
         if pos is None:
@@ -205,6 +205,7 @@ class Ledger:
             legs.append((pos.position_id, quantity, ZERO))
         else:
             closing = quantity if quantity < pos.quantity else pos.quantity
+            rate = self.rate(symbol)
             realized = ((price - pos.open_price) * closing * pos.sign * rate).quantize(
                 CENT, ROUND_HALF_EVEN)
             pos.closed_quantity += closing
@@ -225,6 +226,8 @@ class Ledger:
             if commission is not None:
                 fee = dec(commission) if i == last else ZERO
             elif commission_per_million:
+                if rate is None:
+                    rate = self.rate(symbol)
                 fee = (qty * price * rate * commission_per_million / MILLION).quantize(
                     CENT, ROUND_HALF_EVEN)
             else:

@@ -241,8 +241,7 @@ def apply(
             order.time_in_force = ev.time_in_force
         if ev.position_id is not None:
             order.position_id = ev.position_id
-        if ev.reason is not None or not late:
-            order.reason = ev.reason
+        order.reason = ev.reason
     if ev.filled_quantity >= filled_before:
         order.filled_quantity = ev.filled_quantity
         if ev.average_price is not None:

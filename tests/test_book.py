@@ -229,6 +229,7 @@ def test_error_and_rejected_execution_are_one_rejection(order_of_arrival):
     order = book.order_by_client_id("c-1")
     assert order.status is OrderState.REJECTED and order.reason is Reason.INSUFFICIENT_MARGIN
     assert book.working_orders() == [] and book.statistics()["rejections"] == 1
+    assert book.statistics()["rejections_by_reason"] == {"INSUFFICIENT_MARGIN": 1}
 
 
 def test_an_error_without_request_type_on_a_sent_order_is_its_rejection():

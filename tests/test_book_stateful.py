@@ -45,7 +45,6 @@ INSTRUMENTS = {
 PRICES = (1.0838, 1.0840, 1.0843, 1.0851)
 START = D(10_000)
 WORKING = ("NEW", "PARTIALLY_FILLED", "AMENDED")
-MAX_ORDERS = 6
 
 
 @dataclass
@@ -175,7 +174,6 @@ class BookMachine(RuleBasedStateMachine):
     def first_order(self, **kw):
         self.send(**kw)
 
-    @precondition(lambda self: len(self.orders) < MAX_ORDERS)
     @rule(**_SEND)
     def send(self, symbol, side, lots, price, venue):
         """Send a createOrder; the venue may take it at once (a marketable
@@ -448,7 +446,9 @@ class BookMachine(RuleBasedStateMachine):
 
 
 def _positions(ledger: Ledger) -> dict:
-    return {s: (p.position_id, p.side, p.quantity, p.open_price) for s, p in ledger.positions.items()}
+    """Open positions as a ``portfolioEvent`` can tell them (floats)."""
+    return {s: (p.position_id, p.side, float(p.quantity), float(p.open_price))
+            for s, p in ledger.positions.items()}
 
 
 BookMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)

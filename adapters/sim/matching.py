@@ -101,6 +101,10 @@ class MatchingEngine:
         self._next_arrival = _FAR
         self._next_expiry = _FAR
         self._next_due = _FAR
+        self.portfolio_events = True
+        """Send a portfolioEvent after each change of an account. A server always
+        does; a backtest turns it off when no strategy listens (``amendPosition``
+        is answered by a snapshot either way)."""
 
     # ------------------------------------------------------------ accounts
 
@@ -543,7 +547,8 @@ class MatchingEngine:
     def _portfolio(self, acct: Account, origin, replies) -> None:
         if acct.dirty:
             acct.dirty = False
-            replies.append(Reply(acct.ledger.portfolio(self.clock.now), origin))
+            if self.portfolio_events:
+                replies.append(Reply(acct.ledger.portfolio(self.clock.now), origin))
 
     def _new_pid(self) -> str:
         return f"p-{next(self._pid)}"
