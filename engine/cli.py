@@ -25,16 +25,16 @@ def main(argv: list[str] | None = None) -> int:
     bt.add_argument("--out", type=Path, help="report directory (default: backtest.out or out/<config>)")
     bt.add_argument("--strict", action="store_true", help="a malformed feed line is fatal")
     bt.add_argument("--no-progress", action="store_true", help="no progress bar")
-    mf = sub.add_parser("make-feed", help="write a seeded synthetic feed", add_help=False)
-    mf.add_argument("rest", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
+    sub.add_parser("make-feed", help="write a seeded synthetic feed (make-feed --help)")
+    argv = sys.argv[1:] if argv is None else argv
     err = Console(stderr=True)
     try:
-        if args.command == "backtest":
-            return _backtest(args, err)
-        from adapters import feedgen
+        if argv[:1] == ["make-feed"]:
+            from adapters import feedgen
 
-        return feedgen.main(args.rest)
+            return feedgen.main(argv[1:])
+        args = parser.parse_args(argv)
+        return _backtest(args, err)
     except TriotradeError as exc:
         err.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False)
         return 2

@@ -49,23 +49,45 @@ class Instrument:
     conversion_rate: Decimal | None = attrs.field(
         default=None, converter=attrs.converters.optional(dec)
     )
-    _tick: Decimal = attrs.field(init=False)
+    _tick: Decimal = attrs.field(init=False, repr=False, eq=False)
+    _scale: float = attrs.field(init=False, repr=False, eq=False)
+    _rounded_qty: dict = attrs.field(init=False, repr=False, eq=False, factory=dict)
 
     @_tick.default
     def _tick_default(self) -> Decimal:
         return Decimal(1).scaleb(-self.price_precision)
 
+    @_scale.default
+    def _scale_default(self) -> float:
+        return 10.0 ** self.price_precision
+
     def round_price(self, price: float) -> float:
-        """``price`` rounded half-to-even to the instrument's precision."""
+        """``price`` rounded half-to-even to the instrument's precision.
+
+        Float ``round`` is exact except near a decimal tie, where the float's
+        binary value may sit on either side of it; only there is Decimal asked.
+        """
+        r = round(price, self.price_precision)
+        if abs(abs(price - r) * self._scale - 0.5) > 1e-6:
+            return r + 0.0
         return float(dec(price).quantize(self._tick, rounding=ROUND_HALF_EVEN))
 
     def round_quantity(self, qty: float) -> float:
-        """``qty`` rounded half-to-even to a multiple of the lot step."""
-        steps = (dec(qty) / self.lot_step).to_integral_value(rounding=ROUND_HALF_EVEN)
-        return float(steps * self.lot_step)
+        """``qty`` rounded half-to-even to a multiple of the lot step (memoized:
+        strategies send the same few quantities over and over)."""
+        cache = self._rounded_qty
+        r = cache.get(qty)
+        if r is None:
+            steps = (dec(qty) / self.lot_step).to_integral_value(rounding=ROUND_HALF_EVEN)
+            r = float(steps * self.lot_step)
+            if len(cache) < 4096:
+                cache[qty] = r
+        return r
 
     def on_lot_step(self, qty: float | Decimal) -> bool:
         """True if ``qty`` is a whole multiple of the lot step."""
+        if type(qty) is float:
+            return self.round_quantity(qty) == qty
         return dec(qty) % self.lot_step == 0
 
 

@@ -138,6 +138,7 @@ class Kernel:
         self.reconciling = False
         self._out: list = []
         self._quote_subs: dict[str, list[Strategy]] = {}
+        self._quote_hooks: dict[str, list[tuple[Strategy, Callable]]] = {}  # bound, per quote
         self._depth_subs: dict[str, list[Strategy]] = {}
         self._exec_subs: dict[str, list[Strategy]] = {}
         self._portfolio_subs: list[Strategy] = []
@@ -200,11 +201,11 @@ class Kernel:
     def on_quote(self, quote: ev.Quote) -> Sequence:
         """A quote, after the venue matched on it: strategies react."""
         self.quotes[quote.symbol] = quote
-        subs = self._quote_subs.get(quote.symbol)
-        if subs:
-            for s in subs:
+        hooks = self._quote_hooks.get(quote.symbol)
+        if hooks:
+            for s, on_quote in hooks:
                 try:
-                    s.on_quote(quote)
+                    on_quote(quote)
                 except Exception as exc:  # a strategy's bug stops that strategy only
                     self._fail(s, "on_quote", exc)
             if self._out:
@@ -313,6 +314,7 @@ class Kernel:
                 if s not in self._depth_subs.setdefault(symbol, []):
                     self._depth_subs[symbol].append(s)
                 self._depth_wanted[symbol] = max(depth, self._depth_wanted.get(symbol, 0))
+        self._rebuild_hooks()
         if EventKind.PORTFOLIO in kinds and s not in self._portfolio_subs:
             self._portfolio_subs.append(s)
         if metrics and s not in self._metrics_subs:
@@ -343,6 +345,13 @@ class Kernel:
         """The approved intents gathered so far, in order."""
         out, self._out = self._out, []
         return out
+
+    def _rebuild_hooks(self) -> None:
+        """Bound ``on_quote`` methods per symbol: the per-quote loop skips a lookup.
+        New lists each time, so a loop in progress keeps the one it started."""
+        self._quote_hooks = {
+            symbol: [(s, s.on_quote) for s in subs] for symbol, subs in self._quote_subs.items()
+        }
 
     def _book_disagrees(self, event, exc: Exception) -> Sequence:
         """An event the book cannot apply (an illegal move, a contradiction):
@@ -377,6 +386,7 @@ class Kernel:
         for table in (self._quote_subs, self._depth_subs, self._exec_subs):
             for symbol, subs in table.items():
                 table[symbol] = [x for x in subs if x is not s]
+        self._rebuild_hooks()
         self._portfolio_subs = [x for x in self._portfolio_subs if x is not s]
         self._metrics_subs = [x for x in self._metrics_subs if x is not s]
         for timer in s._ctx.timers.values():

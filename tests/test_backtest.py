@@ -122,3 +122,25 @@ def test_cli_reports_a_bad_config_with_its_key(tmp_path, capsys):
     assert main(["backtest", str(path), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "risk.max_order_qtty" in err
+
+
+def test_make_feed_then_backtest_it(tmp_path, capsys):
+    feed = tmp_path / "synthetic.jsonl.gz"
+    assert main(["make-feed", "--out", str(feed), "--symbols", "EURUSD,USDJPY", "--quotes", "5000",
+                 "--seed", "3"]) == 0
+    body = SMA.format(risk="", latency=0).replace("feed.jsonl.gz", feed.name)
+    (tmp_path / "run.yaml").write_text(body)
+    bt = Backtest(load_config(tmp_path / "run.yaml"))
+    result = bt.run()
+    assert result.quotes == 5000 and result.feed_stats["malformed"] == 0
+    assert result.trades and bt.discrepancies() == []
+
+
+def test_python_dash_m_engine_is_the_cli(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "engine", "backtest", str(DEMO), "--out",
+                           str(tmp_path), "--no-progress"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "summary.json").exists()
