@@ -77,39 +77,16 @@ class ErrorCode(StrEnum):
     INTERNAL = "INTERNAL"
 
 
-class Reason(StrEnum):
-    """``executionEvent.reason``: an error code, or why an order ended or exists."""
-
-    CLIENT = "CLIENT"
-    IOC = "IOC"
-    FOK = "FOK"
-    DAY = "DAY"
-    CLOSE_POSITION = "CLOSE_POSITION"
-    STOP_LOSS = "STOP_LOSS"
-    TAKE_PROFIT = "TAKE_PROFIT"
-    STOP_OUT = "STOP_OUT"
-    BAD_REQUEST = "BAD_REQUEST"
-    UNKNOWN_TYPE = "UNKNOWN_TYPE"
-    FORBIDDEN = "FORBIDDEN"
-    UNKNOWN_SYMBOL = "UNKNOWN_SYMBOL"
-    UNKNOWN_ORDER = "UNKNOWN_ORDER"
-    UNKNOWN_POSITION = "UNKNOWN_POSITION"
-    INVALID_ORDER = "INVALID_ORDER"
-    INSUFFICIENT_MARGIN = "INSUFFICIENT_MARGIN"
-    DUPLICATE_CLIENT_ORDER_ID = "DUPLICATE_CLIENT_ORDER_ID"
-    NOT_AMENDABLE = "NOT_AMENDABLE"
-    RATE_LIMITED = "RATE_LIMITED"
-    INTERNAL = "INTERNAL"
-
-    @property
-    def server_created(self) -> bool:
-        """True for the causes of orders the server creates on a position."""
-        return self in _SERVER_CREATED
-
-
-_SERVER_CREATED = frozenset(
-    {Reason.CLOSE_POSITION, Reason.STOP_LOSS, Reason.TAKE_PROFIT, Reason.STOP_OUT}
+Reason = StrEnum(
+    "Reason",
+    [(r, r) for r in ("CLIENT", "IOC", "FOK", "DAY",
+                      "CLOSE_POSITION", "STOP_LOSS", "TAKE_PROFIT", "STOP_OUT")]
+    + [(code.name, code.value) for code in ErrorCode],
+    module=__name__,
 )
+Reason.__doc__ = """``executionEvent.reason``: why an order ended (``CLIENT``, ``IOC``, ``FOK``,
+``DAY`` or an error code), or why the server created it (``CLOSE_POSITION``,
+``STOP_LOSS``, ``TAKE_PROFIT``, ``STOP_OUT``)."""
 
 
 class EventKind(StrEnum):

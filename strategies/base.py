@@ -80,9 +80,10 @@ class Strategy:
     # -- what the strategy can read ---------------------------------------
     @property
     def ctx(self) -> StrategyContext:
-        if self._ctx is None:
+        ctx = self._ctx
+        if ctx is None:
             raise UsageError(f"strategy {self.name!r} is not running: it has no context yet")
-        return self._ctx
+        return ctx
 
     @property
     def clock(self):
@@ -149,26 +150,22 @@ class Strategy:
         stop_loss: float | None = None, take_profit: float | None = None,
     ) -> it.CreateOrder:
         """Emit a CreateOrder; quantity and prices are rounded to the instrument's steps."""
-        inst = self._instrument(symbol)
-        if price is not None and stop_price is not None:
-            kind = OrderType.STOP_LIMIT
-        elif price is not None:
-            kind = OrderType.LIMIT
-        elif stop_price is not None:
-            kind = OrderType.STOP
+        ctx = self.ctx
+        inst = ctx.book.instruments.get(symbol) or self._instrument(symbol)
+        if price is None:
+            kind = OrderType.MARKET if stop_price is None else OrderType.STOP
         else:
-            kind = OrderType.MARKET
+            kind = OrderType.LIMIT if stop_price is None else OrderType.STOP_LIMIT
         rp = inst.round_price
         intent = it.CreateOrder(
-            account_id=self.ctx.account_id, symbol=symbol, side=Side(side),
-            quantity=inst.round_quantity(quantity), type=kind,
-            price=None if price is None else rp(price),
-            stop_price=None if stop_price is None else rp(stop_price),
-            time_in_force=time_in_force, client_order_id=self.ctx.next_client_order_id(self),
-            stop_loss=None if stop_loss is None else rp(stop_loss),
-            take_profit=None if take_profit is None else rp(take_profit),
+            ctx.account_id, symbol, Side(side), inst.round_quantity(quantity), kind,
+            None if price is None else rp(price),
+            None if stop_price is None else rp(stop_price),
+            time_in_force, ctx.next_client_order_id(self),
+            None if stop_loss is None else rp(stop_loss),
+            None if take_profit is None else rp(take_profit),
         )
-        return self.ctx.emit(self, intent)
+        return ctx.emit(self, intent)
 
     def amend(self, order, *, quantity: float | None = None, price: float | None = None,
               stop_price: float | None = None) -> it.AmendOrder:

@@ -42,15 +42,16 @@ class SmaCross(Strategy):
     def on_quote(self, q) -> None:
         st = self._sma[q.symbol]
         mid = (q.bid + q.ask) * 0.5
-        buf, i, slow = st.buf, st.i, self.slow
-        st.slow_sum += mid - buf[i]
-        st.fast_sum += mid - buf[i - self.fast]  # the mid leaving the fast window
+        buf, i = st.buf, st.i
+        slow_sum = st.slow_sum = st.slow_sum + (mid - buf[i])
+        fast_sum = st.fast_sum = st.fast_sum + (mid - buf[i - self.fast])  # the mid leaving the fast window
         buf[i] = mid
-        st.i = i + 1 if i + 1 < slow else 0
+        i += 1
+        st.i = i if i < self.slow else 0
         st.n += 1
-        if st.n < slow:
+        if st.n < self.slow:
             return
-        above = st.fast_sum * slow > st.slow_sum * self.fast
+        above = fast_sum * self.slow > slow_sum * self.fast
         if above is not st.above:
             if st.above is not None:
                 self._trade_to(q.symbol, self.quantity if above else -self.quantity)
