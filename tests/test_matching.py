@@ -677,3 +677,14 @@ def test_random_runs_keep_protocol_invariants_and_are_deterministic(steps, laten
     assert all(o.commission == pytest.approx(sum(d.commission for d in deals
                                                  if d.order_id == o.order_id))
                for o in eng.order_history(it.OrderHistoryQuery("A", limit=1000)).orders)
+
+
+def test_limit_on_a_pair_with_no_converting_quote_yet_rests_and_fills_later():
+    instruments = {**INSTRUMENTS, "USDJPY": Instrument("USDJPY", "JPY", lot_step=1000, price_precision=3,
+                                                      leverage=30, base_currency="USD")}
+    eng = MatchingEngine(instruments, VenueConfig())
+    eng.open_account("A", "USD", 100_000)
+    replies = eng.submit(order(BUY, 10_000, LMT, sym="USDJPY", price=150.0))
+    assert flow(replies) == ["NEW"]  # margin decided at the fill, when a quote converts it
+    replies = eng.on_market(quote(149.9, 149.95, sym="USDJPY"))
+    assert flow(replies) == ["FILLED", "P"]

@@ -54,6 +54,13 @@ class Order:
     cause: Reason | None = None
     position_id: str | None = None
     arrival: datetime | None = None
+    # ``qty_f``/``remaining_f`` may be given when the caller has the float
+    # already (a request's quantity: float(dec(x)) == x), saving a 0.2 us
+    # conversion; they come right after ``arrival`` to be passed by position
+    _qty_f: float = attrs.field(
+        default=attrs.Factory(lambda self: float(self.quantity), takes_self=True))
+    _remaining_f: float = attrs.field(
+        default=attrs.Factory(lambda self: self._qty_f, takes_self=True))
     expires_at: datetime | None = None
     status: OrderStatus = OrderStatus.NEW
     reason: Reason | None = None
@@ -65,13 +72,8 @@ class Order:
     exec_id: str = ""
     updated_at: datetime | None = None
     triggered: bool = False
-    _qty_f: float = 0.0
     _filled_f: float = 0.0
-    _remaining_f: float = 0.0
     _avg_f: float | None = None
-
-    def __attrs_post_init__(self) -> None:
-        self._qty_f = self._remaining_f = float(self.quantity)
 
     @property
     def working(self) -> bool:
@@ -94,19 +96,21 @@ class Order:
     def add_fill(self, qty: Decimal, price: Decimal, price_f: float, commission: Decimal) -> float:
         """Record a fill; returns ``qty`` as a float (the event's lastQuantity)."""
         first = not self.filled
-        self.filled += qty
+        self.filled = filled = self.filled + qty
         self.value += qty * price
         self.commission += commission
-        qty_f = float(qty)
-        self.last_qty, self.last_price = qty_f, price_f
-        if self.filled == self.quantity:
+        if filled == self.quantity:
+            # filled whole by its first fill: qty equals quantity, so its float too
+            qty_f = self._qty_f if first else float(qty)
             self.status = OrderStatus.FILLED
             self._filled_f, self._remaining_f = self._qty_f, 0.0
         else:
+            qty_f = float(qty)
             self.status = OrderStatus.PARTIALLY_FILLED
-            self._filled_f = float(self.filled)
-            self._remaining_f = float(self.quantity - self.filled)
-        self._avg_f = price_f if first else float(self.value / self.filled)
+            self._filled_f = float(filled)
+            self._remaining_f = float(self.quantity - filled)
+        self.last_qty, self.last_price = qty_f, price_f
+        self._avg_f = price_f if first else float(self.value / filled)
         return qty_f
 
     def event(

@@ -46,6 +46,7 @@ _FAR = datetime.max.replace(tzinfo=_UTC)
 _EMPTY: tuple = ()
 _OWNER = object()  # "to the origin of the order's own request"
 _MARKET, _STOP = OrderType.MARKET, OrderType.STOP
+_BUY, _DAY, _FOK = Side.BUY, TimeInForce.DAY, TimeInForce.FOK
 __all__ = ["MatchingEngine", "Reply", "SyntheticDepth", "VenueConfig"]
 
 _REQUEST_TYPE = {
@@ -70,6 +71,9 @@ class Reply(NamedTuple):
     to: object | None = None
 
 
+_new_tuple = tuple.__new__  # _new_tuple(Reply, (event, to)): no Python-level __new__
+
+
 class MatchingEngine:
     """The simulated venue: accounts, orders and matching for many symbols.
 
@@ -87,13 +91,15 @@ class MatchingEngine:
         self.accounts: dict[str, Account] = {}
         self._latency = timedelta(milliseconds=config.latency_ms)
         self._cpm = config.commission_per_million or None
+        self._synthetic = config.synthetic_depth
         self._stop_out = config.stop_out_level
         self._pending: list[tuple[datetime, int, it.TradingIntent, object]] = []
         self._seq = itertools.count()
-        self._oid = itertools.count(1)
-        self._xid = itertools.count(1)
-        self._pid = itertools.count(1)
-        self._did = itertools.count(1)
+        # ids "o-1", "o-2", ...: a generator's __next__ is the cheapest id source
+        self._new_oid = (f"o-{i}" for i in itertools.count(1)).__next__
+        self._new_xid = (f"x-{i}" for i in itertools.count(1)).__next__
+        self._new_pid = (f"p-{i}" for i in itertools.count(1)).__next__
+        self._new_did = (f"d-{i}" for i in itertools.count(1)).__next__
         self._book: dict[str, list[Order]] = {}  # working orders waiting on a symbol
         self._sltp: dict[str, dict[str, None]] = {}  # symbol -> accounts with SL/TP there
         self._watch: dict[str, Watch] = {}
@@ -203,37 +209,46 @@ class MatchingEngine:
         return acct
 
     def _create(self, c: it.CreateOrder, origin, arrival, replies) -> None:
-        acct = self._acct(c.account_id)
+        acct = self.accounts.get(c.account_id)
+        if acct is None:
+            raise Reject(ErrorCode.FORBIDDEN, f"unknown account {c.account_id!r}")
         coid = c.client_order_id
         if coid is not None and coid in acct.by_client_id:
             raise Reject(ErrorCode.DUPLICATE_CLIENT_ORDER_ID, f"clientOrderId {coid!r} is used")
-        inst = self.instruments.get(c.symbol)
+        sym, side, type_ = c.symbol, c.side, c.type
+        inst = self.instruments.get(sym)
         if inst is None:
-            raise Reject(ErrorCode.UNKNOWN_SYMBOL, f"unknown symbol {c.symbol!r}")
-        qty, price, stop, tif = check_create(c, inst, self.quotes.get(c.symbol))
-        ref = self._reference_price(c.symbol, c.side, c.type, price, stop)
-        if ref is not None and not margin_ok(acct.ledger, self.instruments, c.symbol, c.side, qty, ref):
+            raise Reject(ErrorCode.UNKNOWN_SYMBOL, f"unknown symbol {sym!r}")
+        q = self.quotes.get(sym)
+        qty, price, stop, tif = check_create(c, inst, q)
+        # the price the margin check values the order at (None: no quote yet)
+        if type_ is _MARKET:
+            ref = None if q is None else fdec(q.ask if side is _BUY else q.bid)
+        else:
+            ref = fdec(price if price is not None else stop)
+        if ref is not None and margin_ok(acct.ledger, self.instruments, sym, side, qty, ref) is False:
             raise Reject(ErrorCode.INSUFFICIENT_MARGIN, "free margin does not cover the order")
         now = self.clock.now
+        qty_f = c.quantity if type(c.quantity) is float else float(qty)
         order = Order(
-            account_id=c.account_id, order_id=f"o-{next(self._oid)}", client_order_id=coid,
-            symbol=c.symbol, side=c.side, type=c.type, tif=tif, quantity=qty, price=price,
-            stop_price=stop, created_at=now, origin=origin, stop_loss=c.stop_loss,
-            take_profit=c.take_profit, arrival=arrival,
+            c.account_id, self._new_oid(), coid, sym, side, type_, tif, qty, price, stop,
+            now, origin, c.stop_loss, c.take_profit, None, None, arrival, qty_f, qty_f,
         )
-        if tif is TimeInForce.DAY:
+        if tif is _DAY:
             self._add_day(order, now)
-        acct.add(order)
-        replies.append(Reply(order.event(f"x-{next(self._xid)}", now), origin))
-        self._arrive(order, acct, replies)
-        self._portfolio(acct, origin, replies)
-
-    def _reference_price(self, symbol, side, type_, price, stop) -> Decimal | None:
-        """The price the margin check values an order at (None: no quote yet)."""
-        if type_ is _MARKET:
-            q = self.quotes.get(symbol)
-            return None if q is None else fdec(q.ask if side is Side.BUY else q.bid)
-        return fdec(price if price is not None else stop)
+        acct.orders[order.order_id] = order
+        if coid is not None:
+            acct.by_client_id[coid] = order
+        replies.append(_new_tuple(Reply, (order.event(self._new_xid(), now), origin)))
+        if type_ is _MARKET:  # _arrive's first case, inlined
+            if q is not None and (arrival is None or q.ts >= arrival):
+                self._take(order, acct, q, None, replies, False)
+            else:
+                self._rest(order)
+        else:
+            self._arrive(order, acct, replies)
+        if acct.dirty:
+            self._portfolio(acct, origin, replies)
 
     def _find_working(self, acct: Account, order_id, client_order_id) -> Order | None:
         order = (acct.orders.get(order_id) if order_id is not None
@@ -259,7 +274,7 @@ class MatchingEngine:
         if a.stop_price is not None:
             order.stop_price = a.stop_price
         order.status = OrderStatus.AMENDED
-        replies.append(Reply(order.event(f"x-{next(self._xid)}", self.clock.now), origin))
+        replies.append(Reply(order.event(self._new_xid(), self.clock.now), origin))
         if order.type is not _MARKET:
             book = self._book.get(order.symbol)
             if book is not None and order in book:
@@ -460,61 +475,95 @@ class MatchingEngine:
         if order.cause is not None:  # closing a position: never past what is left of it
             pos = acct.ledger.position_by_id(order.position_id)
             want = min(want, pos.quantity) if pos is not None else Decimal(0)
-        buy = order.side is Side.BUY
-        step = self.instruments[order.symbol].lot_step
+        side, sym = order.side, order.symbol
+        buy = side is _BUY
+        depth = self.depths.get(sym)
+        if depth is None and self._synthetic is None:
+            # top of book (``levels``' last case), the common one: at most one fill
+            price_f, size = (q.ask, q.ask_size) if buy else (q.bid, q.bid_size)
+            qty = None
+            if want and (limit is None or not (price_f > limit if buy else price_f < limit)):
+                qty = want if size is None else min(want, self._lots(sym, size))
+                if not qty > 0:
+                    qty = None
+            left = want if qty is None else want - qty
+            if order.tif is _FOK and (left or want < order.remaining):
+                self._end(order, OrderStatus.CANCELLED, Reason.FOK, replies)
+                return
+            if qty is not None and not self._fill(
+                order, acct, qty, fdec(price_f), price_f, replies, check_margin
+            ):
+                return
+            if order.filled != order.quantity:  # order.remaining, without the subtraction
+                if rest and order.tif in (TimeInForce.GTC, TimeInForce.DAY):
+                    self._rest(order)
+                else:
+                    self._end(order, OrderStatus.CANCELLED, Reason.IOC, replies)
+            return
+        inst = self.instruments[sym]
+        step = inst.lot_step
         fills = []
         left = want
-        liquidity = levels(order.side, q, self.depths.get(order.symbol),
-                           self.config.synthetic_depth, self.instruments[order.symbol])
-        for price, size in liquidity:
+        for price, size in levels(side, q, depth, self._synthetic, inst):
             if not left or (limit is not None and (price > limit if buy else price < limit)):
                 break
             qty = left if size is None else min(left, dec(size) // step * step)
             if qty > 0:
                 fills.append((qty, fdec(price), price))
                 left -= qty
-        if order.tif is TimeInForce.FOK and (left or want < order.remaining):
+        if order.tif is _FOK and (left or want < order.remaining):
             self._end(order, OrderStatus.CANCELLED, Reason.FOK, replies)
             return
         for qty, price, price_f in fills:
             if not self._fill(order, acct, qty, price, price_f, replies, check_margin):
                 return
-        if order.remaining:
+        if order.filled != order.quantity:  # order.remaining, without the subtraction
             if rest and order.tif in (TimeInForce.GTC, TimeInForce.DAY):
                 self._rest(order)
             else:
                 self._end(order, OrderStatus.CANCELLED, Reason.IOC, replies)
+
+    def _lots(self, sym: str, size: float) -> Decimal:
+        """The whole lots in a level's ``size``."""
+        step = self.instruments[sym].lot_step
+        return dec(size) // step * step
 
     def _fill(self, order: Order, acct: Account, qty: Decimal, price: Decimal, price_f: float,
               replies, check_margin: bool) -> bool:
         """Book one fill; False if the margin check at the fill cancelled the order."""
         ledger = acct.ledger
         sym = order.symbol
-        if check_margin and order.cause is None and not margin_ok(
-            ledger, self.instruments, sym, order.side, qty, price
-        ):
-            self._end(order, OrderStatus.CANCELLED, Reason.INSUFFICIENT_MARGIN, replies)
-            return False
+        if check_margin and order.cause is None:
+            ok = margin_ok(ledger, self.instruments, sym, order.side, qty, price)
+            if not ok:  # None: still no rate to value it at the fill
+                reason = Reason.INSUFFICIENT_MARGIN if ok is False else Reason.INTERNAL
+                self._end(order, OrderStatus.CANCELLED, reason, replies)
+                return False
         now = self.clock.now
         deals = ledger.apply_fill(
             order_id=order.order_id, symbol=sym, side=order.side, quantity=qty, price=price,
             ts=now, new_position_id=self._new_pid, new_deal_id=self._new_did,
             commission_per_million=self._cpm,
         )
-        fee = deals[0].commission if len(deals) == 1 else deals[0].commission + deals[1].commission
+        if len(deals) == 1:
+            deal = deals[0]
+            fee = deal.commission
+        else:
+            fee = deals[0].commission + deals[1].commission
+            deal = deals[1]
         qty_f = order.add_fill(qty, price, price_f, fee)
-        order.position_id = deals[-1].position_id
+        order.position_id = deal.position_id
         acct.dirty = True
         if order.stop_loss is not None or order.take_profit is not None:
             pos = ledger.positions.get(sym)
             if pos is not None and (pos.side is PositionSide.LONG) is (order.side is Side.BUY):
                 pos.stop_loss, pos.take_profit = order.stop_loss, order.take_profit
                 self._track_sltp(acct, sym)
-        replies.append(Reply(
-            order.event(f"x-{next(self._xid)}", now, qty_f, price_f, float(fee) if fee else 0.0),
+        replies.append(_new_tuple(Reply, (
+            order.event(self._new_xid(), now, qty_f, price_f, float(fee) if fee else 0.0),
             order.origin,
-        ))
-        if sym in self._sltp or self._stop_out is not None:
+        )))
+        if self._stop_out is not None or sym in self._sltp:
             self._rewatch(sym)
         return True
 
@@ -526,21 +575,21 @@ class MatchingEngine:
             book.remove(order)
             self._rewatch(order.symbol)
         to = order.origin if to is _OWNER else to
-        replies.append(Reply(order.event(f"x-{next(self._xid)}", self.clock.now), to))
+        replies.append(Reply(order.event(self._new_xid(), self.clock.now), to))
 
     def _server_order(self, acct: Account, pos, qty: Decimal, cause: Reason, origin, arrival,
                       replies) -> None:
         """A MARKET the server creates to reduce ``pos`` (clientOrderId null)."""
         now = self.clock.now
         order = Order(
-            account_id=acct.account_id, order_id=f"o-{next(self._oid)}", client_order_id=None,
+            account_id=acct.account_id, order_id=self._new_oid(), client_order_id=None,
             symbol=pos.symbol, side=Side.SELL if pos.side is PositionSide.LONG else Side.BUY,
             type=_MARKET, tif=TimeInForce.IOC, quantity=qty, price=None, stop_price=None,
             created_at=now, origin=origin, cause=cause, position_id=pos.position_id,
             arrival=arrival,
         )
         acct.add(order)
-        replies.append(Reply(order.event(f"x-{next(self._xid)}", now), origin))
+        replies.append(Reply(order.event(self._new_xid(), now), origin))
         self._arrive(order, acct, replies)
         self._portfolio(acct, origin, replies)
 
@@ -549,12 +598,6 @@ class MatchingEngine:
             acct.dirty = False
             if self.portfolio_events:
                 replies.append(Reply(acct.ledger.portfolio(self.clock.now), origin))
-
-    def _new_pid(self) -> str:
-        return f"p-{next(self._pid)}"
-
-    def _new_did(self) -> str:
-        return f"d-{next(self._did)}"
 
     # ------------------------------------------------------------ watches
 

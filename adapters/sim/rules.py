@@ -18,9 +18,12 @@ import attrs
 from adapters.sim.accounts import Order
 from engine import events
 from engine import intents as it
+from engine.errors import UsageError
 from engine.enums import ErrorCode, OrderType, PositionSide, Reason, Side, TimeInForce
 from engine.instruments import Instrument, dec
-from engine.ledger import OpenPosition
+from engine.ledger import ONE as _ONE
+from engine.ledger import ZERO as _ZERO
+from engine.ledger import OpenPosition, fdec
 
 _UTC = timezone.utc
 _INF = float("inf")
@@ -28,6 +31,9 @@ _MARKET, _LIMIT = OrderType.MARKET, OrderType.LIMIT
 _STOP, _STOP_LIMIT = OrderType.STOP, OrderType.STOP_LIMIT
 _PRICED = (_LIMIT, _STOP_LIMIT)
 _STOPPED = (_STOP, _STOP_LIMIT)
+_IOC, _FOK = TimeInForce.IOC, TimeInForce.FOK
+_BUY, _LONG = Side.BUY, PositionSide.LONG
+_INVALID_ORDER = ErrorCode.INVALID_ORDER
 
 
 @attrs.frozen
@@ -81,11 +87,18 @@ def check_create(c: it.CreateOrder, inst: Instrument, quote: events.Quote | None
     Returns:
         (quantity, price, stop_price, time_in_force)
     """
-    bad = ErrorCode.INVALID_ORDER
-    qty = Decimal(repr(c.quantity)) if type(c.quantity) is float else dec(c.quantity)
-    if not qty.is_finite() or qty <= 0 or qty % inst.lot_step:
+    bad = _INVALID_ORDER
+    x = c.quantity
+    qty = fdec(x) if type(x) is float else dec(x)
+    if not qty.is_finite() or qty <= _ZERO or qty % inst.lot_step:
         raise Reject(bad, f"quantity {c.quantity} must be > 0 and a multiple of {inst.lot_step}")
     t, price, stop = c.type, c.price, c.stop_price
+    sl, tp = c.stop_loss, c.take_profit
+    if t is _MARKET and sl is None and tp is None:  # the common case, short: same answers
+        tif = c.time_in_force
+        if tif is None or tif is _IOC or tif is _FOK:
+            return qty, None, None, _IOC if tif is None else tif
+        raise Reject(bad, f"a MARKET order takes IOC or FOK, not {tif}")
     if t is _MARKET or t is _STOP:
         price = None
     if t is _MARKET or t is _LIMIT:
@@ -94,7 +107,6 @@ def check_create(c: it.CreateOrder, inst: Instrument, quote: events.Quote | None
         raise Reject(bad, f"a {t} order needs a price")
     if t in _STOPPED and stop is None:
         raise Reject(bad, f"a {t} order needs a stopPrice")
-    sl, tp = c.stop_loss, c.take_profit
     if t is not _MARKET or sl is not None or tp is not None:
         for name, v in (("price", price), ("stopPrice", stop), ("stopLoss", sl), ("takeProfit", tp)):
             if v is not None and not v > 0:
@@ -250,12 +262,20 @@ class Watch:
 
 
 def margin_ok(ledger, instruments: Mapping[str, Instrument], symbol: str, side: Side,
-              qty: Decimal, price: Decimal) -> bool:
-    """Free margin covers the exposure an order adds; a reducing order always passes."""
+              qty: Decimal, price: Decimal) -> bool | None:
+    """Free margin covers the exposure an order adds; a reducing order always passes.
+
+    None when it cannot be told yet: no quote converts the symbol's currency."""
     pos = ledger.positions.get(symbol)
-    if pos is not None and (pos.side is PositionSide.LONG) is not (side is Side.BUY):
+    if pos is not None and (pos.side is _LONG) is not (side is _BUY):
         qty -= pos.quantity
-        if qty <= 0:
+        if qty <= _ZERO:
             return True
-    required = qty * price * ledger.rate(symbol) / instruments[symbol].leverage
-    return ledger.free_margin() >= required
+    required = qty * price
+    try:
+        rate = ledger.rate(symbol)
+    except UsageError:  # no quote yet of the pair that converts it: decided at the fill
+        return None
+    if rate is not _ONE:  # x * 1 is x, digit for digit
+        required = required * rate
+    return ledger.free_margin() >= required / instruments[symbol].leverage
