@@ -8,11 +8,16 @@ timed), then in fresh subprocesses, one run each:
 - ``triotrade``: the real backtest (reading and decoding the gzip feed, the
   matching engine, the kernel, the book, the risk gate, ``SmaCross`` 10/50 on
   the mid with 10,000-unit market orders);
+- ``no-orders``: the same backtest, SMAs computed, but never an order: the
+  streaming path alone (its memory must not grow with the feed);
 - ``plain-file``: the same strategy as a plain Python loop over the same file
   (gzip read + msgspec decode + incremental SMA + position and P&L in floats);
 - ``plain-mem``: the same loop over the quotes already in memory as floats.
 
-It prints quotes/s, the ratio to each floor, the trade count and peak RSS.
+It prints quotes/s, the ratio to each floor, the order count and peak RSS.
+Memory with orders grows with the trades (each order, deal and closed
+position is kept: the report lists them and a venue answers history
+queries from them), not with the quotes.
 """
 
 from __future__ import annotations
@@ -42,18 +47,29 @@ backtest: {{feed: {feed}, equity_sample_s: 60}}
 """
 
 
-def run_triotrade(feed: Path) -> dict:
+def run_triotrade(feed: Path, trade: bool = True) -> dict:
     from engine.backtest import Backtest
     from engine.config import load_config
+    from strategies.sma_cross import SmaCross
+
+    class Watching(SmaCross):
+        """The same SMAs on every quote, never an order: the streaming path alone."""
+
+        def _trade_to(self, symbol, target):
+            pass
 
     cfg_path = feed.with_suffix(".yaml")
     cfg_path.write_text(CONFIG.format(feed=feed))
     config = load_config(cfg_path)
     t = time.perf_counter()
-    backtest = Backtest(config)
+    backtest = Backtest(config, strategies=None if trade else [Watching(name="sma", symbols=["EURUSD"])])
     result = backtest.run()
     wall = time.perf_counter() - t
     return {"quotes": result.quotes, "seconds": wall, "trades": result.orders}
+
+
+def run_no_orders(feed: Path) -> dict:
+    return run_triotrade(feed, trade=False)
 
 
 def _sma_loop(quotes_iter) -> tuple[int, int, float]:
@@ -113,12 +129,32 @@ def run_plain_mem(feed: Path) -> dict:
     return {"quotes": n, "seconds": time.perf_counter() - t, "trades": trades}
 
 
-RUNNERS = {"triotrade": run_triotrade, "plain-file": run_plain_file, "plain-mem": run_plain_mem}
+RUNNERS = {"triotrade": run_triotrade, "no-orders": run_no_orders, "plain-file": run_plain_file,
+           "plain-mem": run_plain_mem}
+
+
+def _reset_peak_rss() -> None:
+    """Linux carries the parent's peak RSS across fork/exec; start from now."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(kind: str, feed: str) -> None:
+    _reset_peak_rss()
     out = RUNNERS[kind](Path(feed))
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = _peak_rss_mb()
     print(json.dumps(out))
 
 
@@ -134,7 +170,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         print(f"{'quotes':>9} {'runner':<11} {'quotes/s':>11} {'vs plain-file':>14} {'vs plain-mem':>13} "
-              f"{'trades':>7} {'peak RSS MB':>12}")
+              f"{'orders':>7} {'peak RSS MB':>12}")
         for size in (int(s) for s in args.sizes.split(",")):
             feed = Path(tmp) / f"eurusd_{size}.jsonl.gz"
             generate_feed(feed, symbols=["EURUSD"], quotes=size, seed=args.seed)

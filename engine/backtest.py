@@ -202,17 +202,14 @@ class Backtest:
     # -- results -----------------------------------------------------------
     def _result(self, quotes: int) -> BacktestResult:
         book, ledger, kernel = self.book, self.ledger, self.kernel
-        owner_of = {cid: s.name for cid, s in kernel._owner.items()}
-        trades = []
-        for d in ledger.deals:
-            order = book.order(d.order_id)
-            cid = order.client_order_id if order is not None else None
-            trades.append(TradeRow(
-                ts=d.ts, symbol=d.symbol, side=str(d.side), quantity=float(d.quantity),
-                price=float(d.price), commission=float(d.commission), realized_pnl=float(d.realized_pnl),
-                order_id=d.order_id, position_id=d.position_id, client_order_id=cid,
-                strategy=owner_of.get(cid),
-            ))
+        strategy_of = {cid: s.name for cid, s in kernel._owner.items()}
+        cid_of = {o.order_id: o.client_order_id for o in book.all_orders()}
+        trades = [
+            TradeRow(d.ts, d.symbol, d.side.value, float(d.quantity), float(d.price),
+                     float(d.commission), float(d.realized_pnl), d.order_id, d.position_id,
+                     cid_of.get(d.order_id), strategy_of.get(cid_of.get(d.order_id)))
+            for d in ledger.deals
+        ]
         stats = [r.stats.as_dict() for r in self.readers]
         return BacktestResult(
             config_name=self.name,

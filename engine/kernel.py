@@ -341,9 +341,12 @@ class Kernel:
         self._out.append(intent)
         return True
 
-    def _take(self) -> list:
-        """The approved intents gathered so far, in order."""
-        out, self._out = self._out, []
+    def _take(self) -> Sequence:
+        """The approved intents gathered so far, in order (an empty tuple if none)."""
+        out = self._out
+        if not out:
+            return _NONE
+        self._out = []
         return out
 
     def _rebuild_hooks(self) -> None:
