@@ -8,6 +8,8 @@
     ├── FeedError          a recorded feed that cannot be read (strict mode,
     │                      truncated gzip, missing file): names file and line
     ├── ConfigError        a bad YAML file: names the dotted key
+    ├── AuthError          a token or login refused (``adapters.sim.auth``): says why,
+    │                      never shows the token
     └── UsageError         a bug of ours or of a strategy author: an illegal
         │                  call, never the peer's fault
         └── IllegalTransition   an order moved in a way the lifecycle forbids

@@ -138,9 +138,9 @@ class Metrics(msgspec.Struct, **_OPTS):
     ts: Time
 
 
-class Subscription(msgspec.Struct, **_OPTS):
+class Subscription(msgspec.Struct, **_OPTS, omit_defaults=True):
     """An echo of a (un)subscribe request: ``{symbols, events}``,
-    ``{symbol, depth}`` or ``{accountId}``."""
+    ``{symbol, depth}`` or ``{accountId}`` (fields it lacks are left out)."""
 
     symbols: tuple[str, ...] | None = None
     events: tuple[EventKind, ...] | None = None
