@@ -24,9 +24,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
+from math import copysign
 
 from engine import events, orders
-from engine.enums import ErrorCode, Reason
+from engine.enums import ErrorCode, PositionSide, Reason
 from engine.errors import IllegalTransition
 from engine.events import Error, Execution, OrderHistory, Portfolio, Quote
 from engine.instruments import Instrument, dec
@@ -38,6 +39,7 @@ ZERO = Decimal(0)
 # Members as module constants: ``OrderState.REJECTED`` is a metaclass
 # attribute lookup (~75 ns), too slow for the per-event path.
 _REJECTED = OrderState.REJECTED
+_LONG = PositionSide.LONG
 _WORKING = orders.WORKING
 _FINAL = orders.FINAL
 _from_create = Order.from_create  # bound once, not per sent order
@@ -506,7 +508,10 @@ class Book:
     def net_quantity(self, symbol: str) -> float:
         """Signed units held on ``symbol``: + long, - short, 0 flat."""
         pos = self.ledger.positions.get(symbol)
-        return float(pos.signed_quantity) if pos is not None else 0.0
+        if pos is None:
+            return 0.0
+        # float(-x) == -float(x): Decimal -> float rounds correctly, so symmetrically
+        return float(pos.quantity) if pos.side is _LONG else -float(pos.quantity)
 
     def position_of(self, position_id: str) -> tuple[str, float] | None:
         """(symbol, signed quantity) of the open position with that id."""
@@ -661,10 +666,15 @@ fills repeat their prices and commissions (ticks are on a grid)."""
 _DECS_MAX = 1 << 14
 
 
+_ZEROS = (Decimal("0.0"), Decimal("-0.0"))  # dec(0.0), dec(-0.0)
+
+
 def _dec(x: float) -> Decimal:
     """``dec(x)``, memoised for floats (Decimals are immutable: sharing is safe)."""
-    if type(x) is not float or not x:  # 1 == 1.0 and 0.0 == -0.0, not as Decimals
+    if type(x) is not float:
         return dec(x)
+    if not x:  # 0.0 == -0.0, not as Decimals: the zero of x's sign (a fill's usual commission)
+        return _ZEROS[copysign(1.0, x) < 0.0]
     d = _DECS.get(x)
     if d is None:
         if len(_DECS) >= _DECS_MAX:

@@ -31,6 +31,8 @@ from risk import Approved, RiskGate, TradingState
 from strategies.base import Strategy
 
 _NONE: tuple = ()
+_Execution = ev.Execution
+_CreateOrder = it.CreateOrder
 
 
 @attrs.frozen
@@ -200,16 +202,19 @@ class Kernel:
     # -- events in ---------------------------------------------------------
     def on_quote(self, quote: ev.Quote) -> Sequence:
         """A quote, after the venue matched on it: strategies react."""
-        self.quotes[quote.symbol] = quote
-        hooks = self._quote_hooks.get(quote.symbol)
+        symbol = quote.symbol
+        self.quotes[symbol] = quote
+        hooks = self._quote_hooks.get(symbol)
         if hooks:
             for s, on_quote in hooks:
                 try:
                     on_quote(quote)
                 except Exception as exc:  # a strategy's bug stops that strategy only
                     self._fail(s, "on_quote", exc)
-            if self._out:
-                return self._take()
+            out = self._out
+            if out:
+                self._out = []
+                return out
         return _NONE
 
     def on_depth(self, depth: ev.Depth) -> Sequence:
@@ -231,22 +236,33 @@ class Kernel:
 
     def on_event(self, event) -> Sequence:
         """An account event from the venue: book first, then the strategy."""
-        if type(event) is ev.Execution:
+        if type(event) is _Execution:
             try:
                 if not self.book.apply(event):
                     return _NONE  # a duplicate: applied once already
             except TriotradeError as exc:
                 return self._book_disagrees(event, exc)
-            owner = self._owner.get(event.client_order_id) if event.client_order_id else None
-            targets = [owner] if owner is not None else self._exec_subs.get(event.symbol, ())
-            for s in targets:
-                self._call(s, "on_execution", event)
+            cid = event.client_order_id
+            owner = self._owner.get(cid) if cid else None
+            if owner is not None:  # self._call(owner, "on_execution", event), inline
+                if id(owner) not in self._stopped:
+                    try:
+                        owner.on_execution(event)
+                    except Exception as exc:
+                        self._fail(owner, "on_execution", exc)
+            else:
+                for s in self._exec_subs.get(event.symbol, ()):
+                    self._call(s, "on_execution", event)
             if event.last_quantity:
                 if self.on_fill is not None:
                     self.on_fill(event)
                 for intent in self.gate.update(self.clock.now):
                     self.submit(None, intent)
-            return self._take()
+            out = self._out  # self._take(), inline
+            if out:
+                self._out = []
+                return out
+            return _NONE
         if type(event) is ev.Error:
             self.book.apply(event)
             self.rejections += 1
@@ -257,8 +273,11 @@ class Kernel:
                 self._call(owner, "on_reject", rejection)
             return self._take()
         if type(event) is ev.Portfolio:
-            if self.reconciling:
-                self.book.reconcile_portfolio(event)
+            # the server's word on balance and positions (and the only news of
+            # SL/TP levels); outside a reconciliation it should agree with the book
+            differences = self.book.reconcile_portfolio(event)
+            if differences and not self.reconciling:
+                self.anomalies.extend(differences)
             for s in self._portfolio_subs:
                 self._call(s, "on_portfolio", event)
         elif type(event) is ev.Metrics:
@@ -332,11 +351,12 @@ class Kernel:
             if s is not None:
                 self._call(s, "on_reject", decision)
             return False
-        if type(intent) is it.CreateOrder:
+        if type(intent) is _CreateOrder:
             self.orders_sent += 1
             if s is not None:
-                self._owner[intent.client_order_id] = s
-                s._ctx.owned.add(intent.client_order_id)
+                cid = intent.client_order_id
+                self._owner[cid] = s
+                s._ctx.owned.add(cid)
         self.book.on_sent(intent, self.clock.now)
         self._out.append(intent)
         return True

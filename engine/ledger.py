@@ -349,6 +349,17 @@ class Ledger:
             )
         return done
 
+    def deal_rows(self) -> list[tuple]:
+        """Every deal booked, oldest first, as plain tuples in ``DealRecord``'s
+        field order except ``side``, a bool (True: BUY). For a report of many
+        deals: no record object is built (do not modify the list)."""
+        return self._deal_rows
+
+    def closed_pnls(self) -> list[Decimal]:
+        """The ``realized_pnl`` of every closed position, oldest first (no
+        record object is built)."""
+        return [r[9] for r in self._closed_rows]
+
     @property
     def closed(self) -> list[ClosedRecord]:
         """Every closed position, oldest first (do not modify the list)."""

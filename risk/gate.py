@@ -41,6 +41,7 @@ from risk.limits import RiskLimits
 from risk.throttle import TokenBucket
 
 _US = timedelta(microseconds=1)
+_MARKET = OrderType.MARKET
 _DAY = timedelta(days=1)
 
 
@@ -262,9 +263,12 @@ class RiskGate:
         symbol, side, qty, otype = intent.symbol, intent.side, intent.quantity, intent.type
         instrument = view.instruments.get(symbol)
         d = (c.check_instrument(intent, symbol, instrument)
-             or c.check_quantity(intent, qty, instrument)
-             or c.check_prices(intent, otype, intent.price, intent.stop_price))
+             or c.check_quantity(intent, qty, instrument))
         if d:
+            return d
+        # a MARKET order without prices passes check_prices: skip the call
+        if (otype is not _MARKET or intent.price is not None or intent.stop_price is not None) and (
+                d := c.check_prices(intent, otype, intent.price, intent.stop_price)):
             return d
         if limits.max_order_qty is not None and (d := c.check_max_order_qty(intent, qty, limits.max_order_qty)):
             return d

@@ -109,12 +109,13 @@ class Strategy:
         return self.ctx.book.position(symbol)
 
     def net_quantity(self, symbol: str) -> float:
-        return self.ctx.book.net_quantity(symbol)
+        return (self._ctx or self.ctx).book.net_quantity(symbol)
 
     def working_orders(self, symbol: str | None = None) -> list:
         """This strategy's orders still working (or in flight)."""
-        mine = self.ctx.owned
-        return [o for o in self.ctx.book.working_orders(symbol) if o.client_order_id in mine]
+        ctx = self._ctx or self.ctx
+        mine = ctx.owned
+        return [o for o in ctx.book.working_orders(symbol) if o.client_order_id in mine]
 
     # -- subscriptions and timers ----------------------------------------
     def subscribe(
@@ -150,7 +151,7 @@ class Strategy:
         stop_loss: float | None = None, take_profit: float | None = None,
     ) -> it.CreateOrder:
         """Emit a CreateOrder; quantity and prices are rounded to the instrument's steps."""
-        ctx = self.ctx
+        ctx = self._ctx or self.ctx  # the property raises when not running
         inst = ctx.book.instruments.get(symbol) or self._instrument(symbol)
         if price is None:
             kind = OrderType.MARKET if stop_price is None else OrderType.STOP
@@ -158,7 +159,8 @@ class Strategy:
             kind = OrderType.LIMIT if stop_price is None else OrderType.STOP_LIMIT
         rp = inst.round_price
         intent = it.CreateOrder(
-            ctx.account_id, symbol, Side(side), inst.round_quantity(quantity), kind,
+            ctx.account_id, symbol, side if type(side) is Side else Side(side),
+            inst.round_quantity(quantity), kind,
             None if price is None else rp(price),
             None if stop_price is None else rp(stop_price),
             time_in_force, ctx.next_client_order_id(self),

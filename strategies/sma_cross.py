@@ -11,17 +11,22 @@ from strategies.base import Strategy
 
 
 class _Sma:
-    """Incremental fast/slow sums over one ring buffer of mids."""
+    """Incremental fast/slow sums over one ring buffer of mids.
 
-    __slots__ = ("buf", "i", "n", "fast_sum", "slow_sum", "above")
+    ``warm`` counts the mids seen until the slow window is full, then stays
+    at ``slow`` (no count per quote after the warm-up)."""
 
-    def __init__(self, slow: int) -> None:
+    __slots__ = ("buf", "i", "warm", "fast_sum", "slow_sum", "above", "fast", "slow")
+
+    def __init__(self, fast: int, slow: int) -> None:
         self.buf = [0.0] * slow
         self.i = 0
-        self.n = 0
+        self.warm = 0
         self.fast_sum = 0.0
         self.slow_sum = 0.0
         self.above: bool | None = None
+        self.fast = fast
+        self.slow = slow
 
 
 class SmaCross(Strategy):
@@ -36,22 +41,23 @@ class SmaCross(Strategy):
             raise ValueError(f"quantity must be > 0, got {self.quantity}")
 
     def on_start(self) -> None:
-        self._sma = {symbol: _Sma(self.slow) for symbol in self.symbols}
+        self._sma = {symbol: _Sma(self.fast, self.slow) for symbol in self.symbols}
         self.subscribe(self.symbols)
 
     def on_quote(self, q) -> None:
         st = self._sma[q.symbol]
         mid = (q.bid + q.ask) * 0.5
-        buf, i = st.buf, st.i
+        buf, i, slow = st.buf, st.i, st.slow
         slow_sum = st.slow_sum = st.slow_sum + (mid - buf[i])
-        fast_sum = st.fast_sum = st.fast_sum + (mid - buf[i - self.fast])  # the mid leaving the fast window
+        fast_sum = st.fast_sum = st.fast_sum + (mid - buf[i - st.fast])  # the mid leaving the fast window
         buf[i] = mid
         i += 1
-        st.i = i if i < self.slow else 0
-        st.n += 1
-        if st.n < self.slow:
-            return
-        above = fast_sum * self.slow > slow_sum * self.fast
+        st.i = i if i < slow else 0
+        if st.warm < slow:
+            st.warm += 1
+            if st.warm < slow:
+                return
+        above = fast_sum * slow > slow_sum * st.fast
         if above is not st.above:
             if st.above is not None:
                 self._trade_to(q.symbol, self.quantity if above else -self.quantity)

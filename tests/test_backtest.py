@@ -144,3 +144,23 @@ def test_python_dash_m_engine_is_the_cli(tmp_path):
                            str(tmp_path), "--no-progress"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "summary.json").exists()
+
+
+def test_every_portfolio_snapshot_agrees_with_the_book(tmp_path):
+    from strategies.sma_cross import SmaCross
+
+    class Listening(SmaCross):
+        def on_start(self):
+            super().on_start()
+            self.subscribe(self.symbols, portfolio=True)
+            self.snapshots = 0
+
+        def on_portfolio(self, portfolio):
+            self.snapshots += 1
+
+    cfg = load_config(write_config(tmp_path, SMA.format(risk="", latency=3)))
+    s = Listening(name="sma", symbols=["EURUSD"])
+    bt = Backtest(cfg, strategies=[s])
+    result = bt.run()
+    assert s.snapshots >= len(result.trades) // 2  # one per order at least
+    assert bt.discrepancies() == []

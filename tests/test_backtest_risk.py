@@ -92,3 +92,45 @@ backtest: {feed: [eurusd_oanda_3k.jsonl.gz, usdjpy_truefx_1k.jsonl.gz], commissi
     assert bt.discrepancies() == []
     booked = sum(Decimal(repr(t.realized_pnl)) - Decimal(repr(t.commission)) for t in result.trades)
     assert bt.ledger.balance == Decimal(100000) + booked
+
+
+class Protects(Strategy):
+    """Buys once, sets a stop-loss and take-profit on the position, then closes half by hand."""
+
+    def on_start(self):
+        self.subscribe(self.symbols)
+        self.step = 0
+        self.seen = []
+
+    def on_quote(self, q):
+        pos = self.position(q.symbol)
+        if self.step == 0:
+            self.buy(q.symbol, 20_000)
+            self.step = 1
+        elif self.step == 1 and pos is not None:
+            self.amend_position(q.symbol, stop_loss=q.bid - 0.0050, take_profit=q.ask + 0.0050)
+            self.step = 2
+        elif self.step == 2 and pos is not None and pos.stop_loss is not None:
+            self.seen.append((pos.stop_loss, pos.take_profit))
+            self.close(q.symbol, 10_000)
+            self.step = 3
+
+    def on_execution(self, e):
+        self.seen.append((e.status, e.reason))
+
+
+def test_close_and_amend_position_from_a_strategy(tmp_path):
+    cfg = config(tmp_path, """
+strategies: [{class: "strategies.sma_cross:SmaCross", symbols: [EURUSD]}]
+backtest: {feed: histdata_eurusd_ticks_2020-01-01.jsonl.gz}
+""", DEMO)
+    s = Protects(name="p", symbols=["EURUSD"])
+    bt = Backtest(cfg, strategies=[s])
+    bt.run()
+    levels = [x for x in s.seen if isinstance(x[0], float)]
+    assert levels and levels[0][0] < levels[0][1]  # the book learned SL and TP
+    assert ("FILLED", "CLOSE_POSITION") in s.seen  # the partial close, a server-created order
+    remaining = bt.ledger.positions.get("EURUSD")
+    # what is left is 10,000 unless the stop-loss or take-profit closed it later
+    assert remaining is None or remaining.quantity == 10_000
+    assert bt.discrepancies() == []

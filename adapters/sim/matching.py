@@ -44,6 +44,7 @@ from engine.ledger import Ledger, fdec
 _UTC = timezone.utc
 _FAR = datetime.max.replace(tzinfo=_UTC)
 _EMPTY: tuple = ()
+_Quote = events.Quote
 _OWNER = object()  # "to the origin of the order's own request"
 _MARKET, _STOP = OrderType.MARKET, OrderType.STOP
 _BUY, _DAY, _FOK = Side.BUY, TimeInForce.DAY, TimeInForce.FOK
@@ -315,15 +316,16 @@ class MatchingEngine:
     def on_market(self, event: events.Quote | events.Depth) -> Sequence[Reply]:
         """Take one market event; returns the replies it caused (often none)."""
         sym = event.symbol
-        if type(event) is events.Quote:
+        if type(event) is _Quote:
             self.quotes[sym] = event
         else:
             self.depths[sym] = event
             self._quote_from_depth(event)
         clock = self.clock
-        if event.ts > clock.now:
-            clock.now = event.ts
         now = clock.now
+        ts = event.ts
+        if ts > now:
+            clock.now = now = ts
         if now < self._next_due and sym not in self._watch:
             return _EMPTY
         replies: list[Reply] = []
