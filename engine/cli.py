@@ -2,6 +2,7 @@
 
     triotrade backtest CONFIG [--out DIR] [--strict] [--no-progress]
     triotrade make-feed --out FILE [--symbols ...] [--quotes N] [--seed S] [--depth L]
+    triotrade sim --config configs/sim.yaml [--memory] [--host H] [--port P]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     bt.add_argument("--strict", action="store_true", help="a malformed feed line is fatal")
     bt.add_argument("--no-progress", action="store_true", help="no progress bar")
     sub.add_parser("make-feed", help="write a seeded synthetic feed (make-feed --help)")
+    sub.add_parser("sim", help="serve the paper-trading Trader server (sim --help)")
     argv = sys.argv[1:] if argv is None else argv
     err = Console(stderr=True)
     try:
@@ -33,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
             from adapters import feedgen
 
             return feedgen.main(argv[1:])
+        if argv[:1] == ["sim"]:
+            from adapters.sim import server
+
+            return server.main(argv[1:])
         args = parser.parse_args(argv)
         return _backtest(args, err)
     except TriotradeError as exc:

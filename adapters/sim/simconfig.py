@@ -1,0 +1,238 @@
+"""The paper-trading server's configuration: one YAML file -> one frozen value.
+
+Validated by ``engine.config.structure``, so an unknown key, a wrong type or a
+value out of range stops the server before it starts, with the dotted key
+(``users[0].accounts``, ``market.synthetic.rate_per_s``). ``${NAME}`` is read
+from the environment. Passwords never sit in the file in clear: a user gives
+either ``password_hash`` (``adapters.sim.auth.hash_password``'s format) or
+``password_env``, the name of a variable holding the password, hashed at start.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import attrs
+import yaml
+
+from adapters.sim.auth import User, hash_password
+from adapters.sim.hub import HubConfig
+from adapters.sim.matching import SyntheticDepth, VenueConfig
+from engine.config import DEFAULT_INSTRUMENTS, InstrumentConfig, SyntheticDepthConfig, interpolate, structure
+from engine.errors import ConfigError
+from engine.instruments import Instrument
+
+__all__ = [
+    "AccountConfig", "AuthSettings", "MarketConfig", "ReplayMarket", "ServerSettings", "SimConfig",
+    "SyntheticMarket", "UserConfig", "VenueSettings", "load_sim_config", "sim_config_from_dict",
+]
+
+
+def _positive(_inst, attribute, value) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+def _non_negative(_inst, attribute, value) -> None:
+    if value is not None and not value >= 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+def _non_empty(_inst, attribute, value) -> None:
+    if not value:
+        raise ValueError(f"{attribute.name} needs at least one entry")
+
+
+@attrs.frozen(kw_only=True)
+class UserConfig:
+    """A login. Exactly one of ``password_hash`` and ``password_env``."""
+
+    username: str
+    accounts: tuple[str, ...] = attrs.field(validator=_non_empty)
+    password_hash: str | None = attrs.field(default=None, repr=False)
+    password_env: str | None = None
+
+    def to_user(self, env: Mapping[str, str]) -> User:
+        if self.password_env is not None:
+            password = env.get(self.password_env)
+            if password is None:
+                raise ConfigError(f"users.{self.username}.password_env",
+                                  f"environment variable {self.password_env} is not set")
+            return User(self.username, hash_password(password), self.accounts)
+        return User(self.username, self.password_hash, self.accounts)
+
+
+@attrs.frozen(kw_only=True)
+class AccountConfig:
+    id: str
+    currency: str = "USD"
+    balance: float = attrs.field(default=100_000.0, validator=_non_negative)
+
+
+@attrs.frozen(kw_only=True)
+class SyntheticMarket:
+    """A seeded generator (``adapters.sim.market.synthetic_schedule``)."""
+
+    symbols: tuple[str, ...] = attrs.field(validator=_non_empty)
+    seed: int = 1
+    rate_per_s: float = attrs.field(default=20.0, validator=_positive)
+    depth: int = attrs.field(default=0, validator=[_non_negative, attrs.validators.le(50)])
+
+
+@attrs.frozen(kw_only=True)
+class ReplayMarket:
+    """Recorded feeds; ``speed`` null replays as fast as the slowest client reads."""
+
+    feed: tuple[str, ...] = attrs.field(validator=_non_empty)
+    speed: float | None = attrs.field(default=1.0, validator=_positive)
+    loop: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class MarketConfig:
+    """Exactly one source."""
+
+    synthetic: SyntheticMarket | None = None
+    replay: ReplayMarket | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if (self.synthetic is None) == (self.replay is None):
+            raise ValueError("synthetic or replay: give exactly one market source")
+
+
+@attrs.frozen(kw_only=True)
+class VenueSettings:
+    latency_ms: float = attrs.field(default=0, validator=_non_negative)
+    commission_per_million: float = attrs.field(default=0, validator=_non_negative)
+    stop_out_level: float | None = attrs.field(default=None, validator=_positive)
+    depth: SyntheticDepthConfig | None = None
+
+    def to_venue(self) -> VenueConfig:
+        d = self.depth
+        synth = None if d is None else SyntheticDepth(d.levels, d.size, d.step_ticks)
+        return VenueConfig(self.latency_ms, self.commission_per_million, self.stop_out_level, synth)
+
+
+@attrs.frozen(kw_only=True)
+class AuthSettings:
+    """``secret_env`` names the variable holding the HS256 key (>= 32 bytes);
+    unset (or the variable missing): a random key per start."""
+
+    token_lifetime_s: int = attrs.field(default=3600, validator=_positive)
+    secret_env: str | None = "TRIOTRADE_SIM_SECRET"
+
+    @property
+    def lifetime(self) -> timedelta:
+        return timedelta(seconds=self.token_lifetime_s)
+
+
+@attrs.frozen(kw_only=True)
+class ServerSettings:
+    """Transport settings (PROTOCOL sections 2 and 6).
+
+    Attributes:
+        ping_interval_s: server pings on every WebSocket.
+        send_buffer_limit: unsent bytes a connection may hold ...
+        slow_reader_s: ... for longer than this before it is closed with 1008.
+        max_login_body: largest login request body (413 above).
+        admin: serve the loopback-only fault control under ``/admin/``.
+        shutdown_grace_s: how long closing WebSockets (1001) may take at shutdown.
+    """
+
+    ping_interval_s: float = attrs.field(default=10.0, validator=_positive)
+    send_buffer_limit: int = attrs.field(default=256 * 1024, validator=_positive)
+    slow_reader_s: float = attrs.field(default=5.0, validator=_positive)
+    max_login_body: int = attrs.field(default=16 * 1024, validator=_positive)
+    admin: bool = False
+    shutdown_grace_s: float = attrs.field(default=2.0, validator=_positive)
+
+
+@attrs.frozen(kw_only=True)
+class SimConfig:
+    users: tuple[UserConfig, ...] = attrs.field(validator=_non_empty)
+    accounts: tuple[AccountConfig, ...] = attrs.field(validator=_non_empty)
+    market: MarketConfig
+    instruments: dict[str, InstrumentConfig] = attrs.field(factory=dict)
+    venue: VenueSettings = attrs.field(factory=VenueSettings)
+    hub: HubConfig = attrs.field(factory=HubConfig)
+    auth: AuthSettings = attrs.field(factory=AuthSettings)
+    server: ServerSettings = attrs.field(factory=ServerSettings)
+
+    def instrument_map(self) -> dict[str, Instrument]:
+        """The built-in instruments with this config's over them."""
+        terms = {**DEFAULT_INSTRUMENTS, **self.instruments}
+        return {symbol: cfg.to_instrument(symbol) for symbol, cfg in terms.items()}
+
+
+def _merge_instruments(data: Mapping) -> Mapping:
+    """``instruments.EURUSD: {leverage: 50}`` keeps EURUSD's other defaults."""
+    overrides = data.get("instruments")
+    if not isinstance(overrides, Mapping):
+        return data
+    merged = {
+        s: ({**attrs.asdict(DEFAULT_INSTRUMENTS[s]), **t}
+            if s in DEFAULT_INSTRUMENTS and isinstance(t, Mapping) else t)
+        for s, t in overrides.items()
+    }
+    return {**data, "instruments": merged}
+
+
+def _check(config: SimConfig) -> None:
+    """Cross-field rules ``structure`` cannot see."""
+    ids = [a.id for a in config.accounts]
+    for i, a in enumerate(ids):
+        if a in ids[:i]:
+            raise ConfigError(f"accounts[{i}].id", f"account {a!r} given twice")
+    names = [u.username for u in config.users]
+    for i, u in enumerate(config.users):
+        if u.username in names[:i]:
+            raise ConfigError(f"users[{i}].username", f"user {u.username!r} given twice")
+        if (u.password_hash is None) == (u.password_env is None):
+            raise ConfigError(f"users[{i}]", "give exactly one of password_hash and password_env")
+        for j, acc in enumerate(u.accounts):
+            if acc not in ids:
+                raise ConfigError(f"users[{i}].accounts[{j}]", f"no account {acc!r} in accounts")
+    instruments = config.instrument_map()
+    if config.market.synthetic is not None:
+        for j, s in enumerate(config.market.synthetic.symbols):
+            if s not in instruments:
+                raise ConfigError(f"market.synthetic.symbols[{j}]", f"no instrument {s!r}")
+
+
+def sim_config_from_dict(
+    data: Any, *, base_dir: str | os.PathLike | None = None, env: Mapping[str, str] | None = None
+) -> SimConfig:
+    """``load_sim_config`` for parsed YAML (``env=None``: no interpolation)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("", "expected a mapping at the top of the file")
+    if env is not None:
+        data = interpolate(data, env)
+    config = structure(SimConfig, _merge_instruments(data), "")
+    _check(config)
+    replay = config.market.replay
+    if base_dir is not None and replay is not None:
+        feed = tuple(str(p if (p := Path(f).expanduser()).is_absolute() else Path(base_dir) / p)
+                     for f in replay.feed)
+        config = attrs.evolve(config, market=attrs.evolve(
+            config.market, replay=attrs.evolve(replay, feed=feed)))
+    return config
+
+
+def load_sim_config(path: str | os.PathLike, env: Mapping[str, str] = os.environ) -> SimConfig:
+    """Read, interpolate and validate a sim YAML file.
+
+    Raises:
+        ConfigError: unreadable, not YAML, or any key wrong (named, dotted).
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("", f"cannot read {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{path}: not valid YAML ({type(exc).__name__})") from None
+    return sim_config_from_dict(data, base_dir=path.resolve().parent, env=env)
