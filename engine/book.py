@@ -183,20 +183,9 @@ class Book:
         if exec_id in self._seen:
             stats["duplicates"] += 1
             return False
-        # self._find(ev.order_id, ev.client_order_id), inline:
-        order_id = ev.order_id
-        order = self._by_id.get(order_id) if order_id is not None else None
-        fresh = False
+        order = self._find(ev.order_id, ev.client_order_id)
         if order is None:
-            cid = ev.client_order_id
-            if cid is not None:
-                order = self._by_cid.get(cid)
-                if order is not None and order_id is not None and (
-                        order.order_id not in (None, order_id)):
-                    order = None
-            if order is None:
-                order = Order.from_execution(ev)  # not ours, or a fill before the ack
-                fresh = True
+            order = Order.from_execution(ev)  # not ours, or a fill before the ack
         was = order.status
         try:
             new = orders.validate(order, ev)
@@ -225,22 +214,7 @@ class Book:
                 stats["fills_clipped"] += 1
         orders.apply_valid(order, ev, new, commission=commission)
         self._seen.add(exec_id)
-        # self._index(order), inline (an order found is in _all already):
-        order_id = order.order_id
-        if order_id is not None:
-            self._by_id[order_id] = order
-        cid = order.client_order_id
-        if cid is not None:
-            by_cid = self._by_cid
-            known = by_cid.get(cid)
-            if known is None or known is order or known.status in _FINAL:
-                by_cid[cid] = order
-        if fresh:
-            self._all[order] = None
-        if new in _WORKING:
-            self._working[order] = None
-        else:
-            self._working.pop(order, None)
+        self._index(order)
         stats["executions"] += 1
         if new is _REJECTED and was is not _REJECTED:
             self._count_rejection(order)

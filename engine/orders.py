@@ -309,18 +309,10 @@ def apply_valid(
         order.commission += dec(ev.commission)
     if status is _AMENDED:
         order.amend_requested = False
-    order.status = new  # as _settle, inline
     if not changed:
+        order.status = new
         changed = _fingerprint(order) != before
-    if changed:
-        ts = ev.ts
-        if ts is not None:
-            order.updated_at = ts
-            if order.created_at is None:
-                order.created_at = ts
-    if new in FINAL:
-        order.cancel_requested = False
-        order.amend_requested = False
+    _settle(order, new, ev.ts if changed else None)
     return changed
 
 
