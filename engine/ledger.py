@@ -550,3 +550,84 @@ def _base_currency(inst: Instrument) -> str | None:
     if len(s) == 6 and s.isalpha() and s.endswith(inst.quote_currency):
         return s[:3]
     return None
+
+
+# ------------------------------------------------------------------ state
+# Plain JSON-able state of a ledger, for the paper-trading server's durable
+# store (``adapters.sim.store``): Decimals as strings (exact digits and
+# exponent), datetimes as ISO 8601, floats as they are.
+
+
+def _pt(x: str) -> datetime:
+    return datetime.fromisoformat(x)
+
+
+def _deal_row_state(r: tuple) -> list:
+    return [r[0], r[1], r[2], r[3], r[4], str(r[5]), str(r[6]), str(r[7]), str(r[8]), r[9].isoformat()]
+
+
+def _deal_row_from(s: list) -> tuple:
+    return (s[0], s[1], s[2], s[3], bool(s[4]), Decimal(s[5]), Decimal(s[6]), Decimal(s[7]),
+            Decimal(s[8]), _pt(s[9]))
+
+
+def _closed_row_state(r: tuple) -> list:
+    return [r[0], r[1], r[2], str(r[3]), str(r[4]), r[5].isoformat(), r[6].isoformat(), str(r[7]),
+            str(r[8]), str(r[9]), r[10], r[11]]
+
+
+def _closed_row_from(s: list) -> tuple:
+    return (s[0], s[1], bool(s[2]), Decimal(s[3]), Decimal(s[4]), _pt(s[5]), _pt(s[6]),
+            Decimal(s[7]), Decimal(s[8]), Decimal(s[9]), s[10], s[11])
+
+
+def _position_state(p: OpenPosition) -> dict:
+    return {
+        "position_id": p.position_id, "symbol": p.symbol, "side": p.side.value,
+        "quantity": str(p.quantity), "open_price": str(p.open_price), "opened_at": p.opened_at.isoformat(),
+        "stop_loss": p.stop_loss, "take_profit": p.take_profit,
+        "max_quantity": str(p.max_quantity), "closed_quantity": str(p.closed_quantity),
+        "closed_value": str(p.closed_value), "realized_pnl": str(p.realized_pnl),
+    }
+
+
+def _position_from(s: Mapping) -> OpenPosition:
+    return OpenPosition(
+        s["position_id"], s["symbol"], PositionSide(s["side"]), Decimal(s["quantity"]),
+        Decimal(s["open_price"]), _pt(s["opened_at"]), s["stop_loss"], s["take_profit"],
+        Decimal(s["max_quantity"]), Decimal(s["closed_quantity"]), Decimal(s["closed_value"]),
+        Decimal(s["realized_pnl"]),
+    )
+
+
+def ledger_state(ledger: Ledger, deals_from: int = 0, closed_from: int = 0) -> dict:
+    """The ledger as plain data; deals and closed positions from those indexes
+    on (an earlier state holds the ones before: they never change)."""
+    return {
+        "account_id": ledger.account_id, "currency": ledger.currency,
+        "balance": str(ledger.balance), "realized_pnl": str(ledger.realized_pnl),
+        "commission_paid": str(ledger.commission_paid),
+        "positions": [_position_state(p) for p in ledger.positions.values()],
+        "deals_from": deals_from,
+        "deals": [_deal_row_state(r) for r in ledger._deal_rows[deals_from:]],
+        "closed_from": closed_from,
+        "closed": [_closed_row_state(r) for r in ledger._closed_rows[closed_from:]],
+    }
+
+
+def ledger_from_state(
+    state: Mapping, instruments: Mapping[str, Instrument], quotes: Mapping[str, events.Quote]
+) -> Ledger:
+    """The ledger ``ledger_state`` described (a complete one: from index 0)."""
+    if state.get("deals_from", 0) or state.get("closed_from", 0):
+        raise UsageError("a ledger is restored from a complete state, not a delta")
+    ledger = Ledger(state["account_id"], state["currency"], Decimal(state["balance"]),
+                    instruments, quotes)
+    ledger.realized_pnl = Decimal(state["realized_pnl"])
+    ledger.commission_paid = Decimal(state["commission_paid"])
+    for s in state["positions"]:
+        pos = _position_from(s)
+        ledger.positions[pos.symbol] = pos
+    ledger._deal_rows = [_deal_row_from(s) for s in state["deals"]]
+    ledger._closed_rows = [_closed_row_from(s) for s in state["closed"]]
+    return ledger

@@ -184,3 +184,47 @@ def select(
     ]
     picked.sort(key=time_of)  # stable: equal times keep booking order
     return tuple(picked[-limit:]) if limit > 0 else ()
+
+
+# ------------------------------------------------------------------ state
+# An order as plain JSON-able data, for the server's durable store. ``origin``
+# (a live connection) is not state: a restored order has none, so its later
+# events go to the account's subscribers as the server's own would.
+
+_DECIMALS = frozenset({"quantity", "filled", "value", "commission"})
+_TIMES = frozenset({"created_at", "arrival", "expires_at", "updated_at"})
+_ENUMS = {"side": Side, "type": OrderType, "tif": TimeInForce, "status": OrderStatus,
+          "cause": Reason, "reason": Reason}
+_FIELDS = tuple((a.name, a.alias) for a in attrs.fields(Order) if a.name != "origin")
+
+
+def order_state(order: Order) -> dict:
+    """Every field of ``order`` but its origin, by its ``__init__`` name."""
+    out = {}
+    for name, key in _FIELDS:
+        v = getattr(order, name)
+        if v is not None:
+            if name in _DECIMALS:
+                v = str(v)
+            elif name in _TIMES:
+                v = v.isoformat()
+            elif name in _ENUMS:
+                v = v.value
+        out[key] = v
+    return out
+
+
+def order_from_state(state: dict) -> Order:
+    """The order ``order_state`` described (origin None)."""
+    kw = {}
+    for name, key in _FIELDS:
+        v = state[key]
+        if v is not None:
+            if name in _DECIMALS:
+                v = Decimal(v)
+            elif name in _TIMES:
+                v = datetime.fromisoformat(v)
+            elif name in _ENUMS:
+                v = _ENUMS[name](v)
+        kw[key] = v
+    return Order(**kw)

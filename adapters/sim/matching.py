@@ -28,7 +28,9 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import NamedTuple
 
-from adapters.sim.accounts import Account, Order, select
+import msgspec
+
+from adapters.sim.accounts import Account, Order, order_from_state, order_state, select
 from adapters.sim.rules import (
     Reject, SyntheticDepth, VenueConfig, Watch, check_amend, check_close, check_create, levels,
     margin_ok, next_midnight, sltp_hit,
@@ -39,7 +41,7 @@ from engine.clock import VirtualClock
 from engine.enums import ErrorCode, OrderStatus, OrderType, PositionSide, Reason, Side, TimeInForce
 from engine.errors import UsageError
 from engine.instruments import Instrument, dec
-from engine.ledger import Ledger, fdec
+from engine.ledger import Ledger, fdec, ledger_from_state, ledger_state
 
 _UTC = timezone.utc
 _FAR = datetime.max.replace(tzinfo=_UTC)
@@ -632,3 +634,120 @@ class MatchingEngine:
             self._watch[sym] = w
         else:
             self._watch.pop(sym, None)
+
+    # ------------------------------------------------------------ state
+
+    def snapshot(self, since: Mapping | None = None) -> dict:
+        """The venue's state as plain JSON-able data, for ``restore`` and
+        ``adapters.sim.store``.
+
+        Accounts (balance, realized P&L, commission as Decimal strings, open
+        positions, deals, closed positions), every order (every field but its
+        origin), the resting book, DAY list and SL/TP holders, the id counters,
+        the venue clock and the latest quotes and depths. Requests still in
+        flight (latency > 0) are not state: their connections end with the
+        process. With ``since`` (the ``"marks"`` of an earlier snapshot) it is
+        a delta: only deals and closed positions booked after it, and orders
+        created after it or working at it (a finished order never changes);
+        the rest is whole. ``"full"`` says which.
+        """
+        since_accts = since["accounts"] if since is not None else {}
+        accounts = {}
+        marks = {}
+        n_orders = n_deals = n_positions = 0
+        exec_n = since["ids"]["exec"] if since is not None else 0
+        for aid, acct in self.accounts.items():
+            ledger = acct.ledger
+            m = since_accts.get(aid)
+            if m is None:
+                orders = list(acct.orders.values())
+                working = orders
+                state = ledger_state(ledger)
+            else:  # the orders created since (the dict's tail), then those working then
+                k = len(acct.orders) - m["orders"]
+                orders = list(itertools.islice(reversed(acct.orders.values()), k))[::-1]
+                working = [acct.orders[oid] for oid in m["working"]]
+                orders += working
+                working = working + orders[:k]
+                state = ledger_state(ledger, m["deals"], m["closed"])
+            for o in orders:
+                if o.exec_id:
+                    exec_n = max(exec_n, int(o.exec_id[2:]))
+            state["dirty"] = acct.dirty
+            state["orders"] = [order_state(o) for o in orders]
+            accounts[aid] = state
+            marks[aid] = {
+                "orders": len(acct.orders), "deals": len(ledger._deal_rows),
+                "closed": len(ledger._closed_rows),
+                "working": [o.order_id for o in working if o.working],
+            }
+            n_orders += len(acct.orders)
+            n_deals += len(ledger._deal_rows)
+            n_positions += len(ledger._closed_rows) + len(ledger.positions)
+        ids = {"order": n_orders, "exec": exec_n, "position": n_positions, "deal": n_deals}
+        return {
+            "version": 1,
+            "full": since is None,
+            "clock": self.clock.now.isoformat(),
+            "ids": ids,
+            "accounts": accounts,
+            "book": {s: [o.order_id for o in b] for s, b in self._book.items() if b},
+            "day": [o.order_id for o in self._day if o.working],
+            "sltp": {s: list(h) for s, h in self._sltp.items() if h},
+            "quotes": {s: msgspec.to_builtins(q) for s, q in self.quotes.items()},
+            "depths": {s: msgspec.to_builtins(d) for s, d in self.depths.items()},
+            "marks": {"accounts": marks, "ids": ids},
+        }
+
+    def restore(self, data: Mapping) -> None:
+        """Take the state a full ``snapshot`` described, into an engine with
+        no account yet: afterwards it answers as the snapshotted one did
+        (restored orders have no origin). ``"quotes"``/``"depths"`` may be
+        left out (a server restarting takes fresh ones from its market).
+
+        Raises:
+            UsageError: accounts exist already, a delta snapshot, an unknown
+                version, or a position or working order on a symbol this
+                venue does not list.
+        """
+        if self.accounts or self._pending:
+            raise UsageError("restore needs an engine with no account yet")
+        if data.get("version") != 1 or not data.get("full", True):
+            raise UsageError("restore needs a complete snapshot of version 1")
+        by_id: dict[str, Order] = {}
+        accounts: dict[str, Account] = {}
+        for aid, state in data["accounts"].items():
+            ledger = ledger_from_state(state, self.instruments, self.quotes)
+            for sym in ledger.positions:
+                if sym not in self.instruments:
+                    raise UsageError(f"account {aid!r} holds a position in {sym!r}, not listed")
+            acct = Account(ledger, dirty=bool(state.get("dirty", False)))
+            for s in state["orders"]:
+                order = order_from_state(s)
+                if order.working and order.symbol not in self.instruments:
+                    raise UsageError(
+                        f"order {order.order_id!r} works on {order.symbol!r}, not listed")
+                acct.add(order)
+                by_id[order.order_id] = order
+            accounts[aid] = acct
+        for sym, q in data.get("quotes", {}).items():
+            self.quotes[sym] = msgspec.convert(q, events.Quote)
+        for sym, d in data.get("depths", {}).items():
+            self.depths[sym] = msgspec.convert(d, events.Depth)
+        self.accounts.update(accounts)
+        self.clock.now = datetime.fromisoformat(data["clock"])
+        ids = data["ids"]
+        self._new_oid = (f"o-{i}" for i in itertools.count(ids["order"] + 1)).__next__
+        self._new_xid = (f"x-{i}" for i in itertools.count(ids["exec"] + 1)).__next__
+        self._new_pid = (f"p-{i}" for i in itertools.count(ids["position"] + 1)).__next__
+        self._new_did = (f"d-{i}" for i in itertools.count(ids["deal"] + 1)).__next__
+        self._book = {s: [by_id[oid] for oid in oids] for s, oids in data["book"].items()}
+        self._sltp = {s: dict.fromkeys(h) for s, h in data["sltp"].items()}
+        self._day = [by_id[oid] for oid in data["day"]]
+        self._next_expiry = min((o.expires_at for o in self._day), default=_FAR)
+        self._next_due = min(self._next_arrival, self._next_expiry)
+        symbols = set(self._book) | set(self._sltp)
+        for acct in accounts.values():
+            symbols.update(acct.ledger.positions)
+        for sym in symbols:
+            self._rewatch(sym)

@@ -22,6 +22,7 @@ import yaml
 from adapters.sim.auth import User, hash_password
 from adapters.sim.hub import HubConfig
 from adapters.sim.matching import SyntheticDepth, VenueConfig
+from adapters.sim.store import MEMORY
 from engine.config import DEFAULT_INSTRUMENTS, InstrumentConfig, SyntheticDepthConfig, interpolate, structure
 from engine.errors import ConfigError
 from engine.instruments import Instrument
@@ -30,6 +31,10 @@ __all__ = [
     "AccountConfig", "AuthSettings", "MarketConfig", "ReplayMarket", "ServerSettings", "SimConfig",
     "SyntheticMarket", "UserConfig", "VenueSettings", "load_sim_config", "sim_config_from_dict",
 ]
+
+
+DEFAULT_STORE = "sim-state.sqlite3"
+"""The durable state's file name, next to the config file, unless ``store`` says."""
 
 
 def _positive(_inst, attribute, value) -> None:
@@ -141,6 +146,7 @@ class ServerSettings:
         max_login_body: largest login request body (413 above).
         admin: serve the loopback-only fault control under ``/admin/``.
         shutdown_grace_s: how long closing WebSockets (1001) may take at shutdown.
+        save_interval_s: how often changed state goes to the store.
     """
 
     ping_interval_s: float = attrs.field(default=10.0, validator=_positive)
@@ -149,6 +155,8 @@ class ServerSettings:
     max_login_body: int = attrs.field(default=16 * 1024, validator=_positive)
     admin: bool = False
     shutdown_grace_s: float = attrs.field(default=2.0, validator=_positive)
+    save_interval_s: float = attrs.field(default=0.5, validator=_positive)
+    """How often changed state is written to the store (and once more at shutdown)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -161,6 +169,10 @@ class SimConfig:
     hub: HubConfig = attrs.field(factory=HubConfig)
     auth: AuthSettings = attrs.field(factory=AuthSettings)
     server: ServerSettings = attrs.field(factory=ServerSettings)
+    store: str | None = None
+    """The SQLite file of the durable state (``adapters.sim.store``), relative
+    to the config file; ``":memory:"`` keeps nothing. Unset: ``sim-state.sqlite3``
+    next to the config file, or in memory for a config built without a file."""
 
     def instrument_map(self) -> dict[str, Instrument]:
         """The built-in instruments with this config's over them."""
@@ -213,6 +225,9 @@ def sim_config_from_dict(
         data = interpolate(data, env)
     config = structure(SimConfig, _merge_instruments(data), "")
     _check(config)
+    if base_dir is not None and config.store != MEMORY:
+        store = Path(config.store or DEFAULT_STORE).expanduser()
+        config = attrs.evolve(config, store=str(store if store.is_absolute() else Path(base_dir) / store))
     replay = config.market.replay
     if base_dir is not None and replay is not None:
         feed = tuple(str(p if (p := Path(f).expanduser()).is_absolute() else Path(base_dir) / p)

@@ -552,3 +552,141 @@ async def test_a_client_that_does_not_read_is_disconnected():
                 assert s.hub.statistics()["connections"] == 0
                 # what was on its way is lost: the client sees a drop (or 1008)
                 assert await close_code(ws) in (1006, 1008)
+
+
+# ----------------------------------------------------------------- durable state
+
+
+async def _trade_and_look(port: int, *, trade: bool) -> dict:
+    """Log in as alice; with ``trade``: open a position, rest a limit order and
+    close a position. Returns what she then sees."""
+    async with open_websocket_url(url(port, await login(port))) as ws:
+        await send(ws, "subscribe", {"symbols": ["EURUSD", "GBPUSD"], "events": ["quoteEvent"]})
+        await next_of(ws, "quoteEvent")
+        if trade:
+            await send(ws, "createOrder", {**ORDER, "quantity": 2000, "clientOrderId": "open-1"})
+            assert (await next_of(ws, "executionEvent"))["payload"]["status"] == "NEW"
+            assert (await next_of(ws, "executionEvent"))["payload"]["status"] == "FILLED"
+            await send(ws, "createOrder", {**ORDER, "symbol": "GBPUSD"})
+            await next_of(ws, "executionEvent")
+            gbp = (await next_of(ws, "executionEvent"))["payload"]["positionId"]
+            await send(ws, "closePosition", {"accountId": "A1", "positionId": gbp})
+            while (await next_of(ws, "executionEvent"))["payload"]["status"] != "FILLED":
+                pass
+            await send(ws, "createOrder", {**ORDER, "type": "LIMIT", "price": 0.5,
+                                           "clientOrderId": "rest-1"})
+            assert (await next_of(ws, "executionEvent"))["payload"]["status"] == "NEW"
+        seen = {}
+        await send(ws, "subscribe", {"symbols": ["EURUSD"], "events": ["portfolioEvent"]})
+        seen["portfolio"] = (await next_of(ws, "portfolioEvent"))["payload"]
+        for kind in ("orderHistory", "positionHistory", "dealHistory"):
+            await send(ws, kind, {"accountId": "A1"})
+            seen[kind] = (await next_of(ws, kind))["payload"]
+        return seen
+
+
+def _held(portfolio: dict) -> tuple:
+    """Balance and positions, without what moves with the market."""
+    return portfolio["balance"], [
+        {k: v for k, v in p.items() if k not in ("currentPrice", "unrealizedPnl")}
+        for p in portfolio["positions"]]
+
+
+async def test_a_restart_on_the_same_store_keeps_balance_positions_orders_and_history(tmp_path):
+    path = tmp_path / "state.sqlite3"
+    over = {"store": str(path), "venue": {"commission_per_million": 30}}
+    with trio.fail_after(20):
+        async with sim(**over) as s:
+            before = await _trade_and_look(s.port, trade=True)
+        async with sim(**over) as s:
+            after = await _trade_and_look(s.port, trade=False)
+            assert _held(after["portfolio"]) == _held(before["portfolio"])
+            assert before["portfolio"]["balance"] < 100_000  # commission was booked
+            assert len(before["portfolio"]["positions"]) == 1
+            for kind in ("orderHistory", "positionHistory", "dealHistory"):
+                assert after[kind] == before[kind]
+            assert [o["status"] for o in after["orderHistory"]["orders"]] == [
+                "FILLED", "FILLED", "FILLED", "NEW"]
+            assert len(after["positionHistory"]["positions"]) == 1
+            async with open_websocket_url(url(s.port, await login(s.port))) as ws:
+                # the resting order still works; used clientOrderIds stay used; ids go on
+                await send(ws, "cancelOrder", {"accountId": "A1", "clientOrderId": "rest-1"})
+                assert (await next_of(ws, "executionEvent"))["payload"]["status"] == "CANCELLED"
+                await send(ws, "createOrder", {**ORDER, "clientOrderId": "open-1"})
+                assert (await next_of(ws, "error"))["payload"]["code"] == "DUPLICATE_CLIENT_ORDER_ID"
+                await send(ws, "createOrder", ORDER)
+                new = (await next_of(ws, "executionEvent"))["payload"]["orderId"]
+                assert new not in {o["orderId"] for o in before["orderHistory"]["orders"]}
+
+
+async def test_bob_cannot_see_state_restored_for_alice(tmp_path):
+    path = tmp_path / "state.sqlite3"
+    with trio.fail_after(20):
+        async with sim(store=str(path)) as s:
+            await _trade_and_look(s.port, trade=True)
+        async with sim(store=str(path)) as s:
+            async with open_websocket_url(url(s.port, await login(s.port, "bob"))) as ws:
+                await send(ws, "orderHistory", {"accountId": "A1"})
+                assert (await next_of(ws, "error"))["payload"]["code"] == "FORBIDDEN"
+                await send(ws, "orderHistory", {"accountId": "B1"})
+                assert (await next_of(ws, "orderHistory"))["payload"]["orders"] == []
+
+
+def test_the_store_defaults_to_a_file_next_to_the_config(tmp_path):
+    cfg = tmp_path / "sim.yaml"
+    cfg.write_text(json.dumps(config_dict()))
+    assert load_sim_config(cfg, env=ENV).store == str(tmp_path / "sim-state.sqlite3")
+    cfg.write_text(json.dumps(config_dict(store="state/x.db")))
+    assert load_sim_config(cfg, env=ENV).store == str(tmp_path / "state/x.db")
+    cfg.write_text(json.dumps(config_dict(store=":memory:")))
+    assert load_sim_config(cfg, env=ENV).store == ":memory:"
+
+
+def test_a_store_that_cannot_be_restored_stops_the_start(tmp_path):
+    path = tmp_path / "state.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ConfigError) as info:
+        SimServer(sim_config_from_dict(config_dict(store=str(path))), ENV)
+    assert info.value.key == "store"
+
+
+@pytest.mark.parametrize("memory", [True, False])
+async def test_the_cli_keeps_state_in_a_file_unless_memory(tmp_path, memory):
+    """``triotrade sim`` as a user runs it: SIGINT flushes the state to the
+    file next to the config; ``--memory`` leaves no file."""
+    import signal
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "sim.yaml"
+    cfg.write_text(json.dumps(config_dict()))
+    argv = [sys.executable, "-m", "engine", "sim", "--config", str(cfg), "--port", "0"]
+    with trio.fail_after(20):
+        proc = await trio.lowlevel.open_process(
+            argv + (["--memory"] if memory else []), cwd=str(tmp_path), stdout=subprocess.PIPE,
+            env={"SIM_TEST_SECRET": SECRET, "PYTHONPATH": str(ROOT)},
+        )
+        try:
+            out = b""
+            while b"(Ctrl-C stops)" not in out:
+                chunk = await proc.stdout.receive_some(4096)
+                assert chunk, out
+                out += chunk
+            port = int(out.split(b"http://127.0.0.1:")[1].split(b"/")[0])
+            before = await _trade_and_look(port, trade=True)
+            proc.send_signal(signal.SIGINT)
+            assert await proc.wait() == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            await proc.stdout.aclose()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    if memory:
+        assert files == ["sim.yaml"]
+    else:
+        assert "sim-state.sqlite3" in files
+        async with sim(store=str(tmp_path / "sim-state.sqlite3")) as s:
+            after = await _trade_and_look(s.port, trade=False)
+        assert _held(after["portfolio"]) == _held(before["portfolio"])
+        assert after["dealHistory"] == before["dealHistory"]
