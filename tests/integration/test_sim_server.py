@@ -335,6 +335,34 @@ async def test_bad_messages_get_errors_and_the_connection_stays_open():
                 assert (await next_of(ws, "subscribed", "error"))["type"] == "subscribed"
 
 
+async def test_the_venues_own_refusals_arrive_over_the_wire():
+    with trio.fail_after(10):
+        async with sim() as s:
+            async with open_websocket_url(url(s.port, await login(s.port))) as ws:
+                await send(ws, "subscribe", {"symbols": ["EURUSD"], "events": ["quoteEvent"]})
+                await next_of(ws, "quoteEvent")  # the venue has a price
+                await send(ws, "createOrder", {**ORDER, "type": "LIMIT", "price": 0.5,
+                                               "clientOrderId": "rest-1"})
+                order = (await next_of(ws, "executionEvent"))["payload"]
+                await send(ws, "cancelOrder", {"accountId": "A1", "orderId": order["orderId"]})
+                assert (await next_of(ws, "executionEvent"))["payload"]["status"] == "CANCELLED"
+                cases = [
+                    ("cancelOrder", {"accountId": "A1", "orderId": order["orderId"]}, "UNKNOWN_ORDER"),
+                    ("amendOrder", {"accountId": "A1", "orderId": "o-nope", "price": 1.0}, "UNKNOWN_ORDER"),
+                    ("amendOrder", {"accountId": "A1", "orderId": order["orderId"], "price": 0.6},
+                     "NOT_AMENDABLE"),
+                    ("closePosition", {"accountId": "A1", "positionId": "p-nope"}, "UNKNOWN_POSITION"),
+                    ("amendPosition", {"accountId": "A1", "positionId": "p-nope", "stopLoss": 1.0},
+                     "UNKNOWN_POSITION"),
+                    ("createOrder", {**ORDER, "quantity": 1_000_000_000}, "INSUFFICIENT_MARGIN"),
+                ]
+                for type_, payload, code in cases:
+                    await send(ws, type_, payload, id_=f"r-{type_}")
+                    err = await next_of(ws, "error")
+                    assert (err["payload"]["code"], err["payload"]["requestType"], err.get("id")) == (
+                        code, type_, f"r-{type_}")
+
+
 async def test_another_accounts_id_is_forbidden_and_changes_nothing():
     with trio.fail_after(10):
         async with sim() as s:
