@@ -28,7 +28,6 @@ from engine.enums import Side
 from engine.errors import ConfigError, UsageError
 from engine.events import Quote
 from engine.kernel import Kernel
-from engine.ledger import ZERO
 from engine.report import BacktestResult, TradeRow
 from risk import RiskGate
 from strategies.base import Strategy
@@ -109,7 +108,6 @@ class Backtest:
         self.equity: list[tuple] = []
         self._samples = 0
         self._exposed = 0
-        self._fills = 0
 
     # -- the loop ----------------------------------------------------------
     def run(self) -> BacktestResult:
@@ -144,7 +142,6 @@ class Backtest:
 
     def _start(self) -> None:
         interval = timedelta(seconds=self.config.backtest.equity_sample_s)
-        self.kernel.on_fill = self._on_fill
         self.kernel.add_timer(interval, self._on_sample)
         self._sample(self.venue.clock.now, regular=True)
         intents = self.kernel.start()
@@ -191,9 +188,6 @@ class Backtest:
         for intent in self.gate.update(now):
             self.kernel.submit(None, intent)
 
-    def _on_fill(self, execution) -> None:
-        self._fills += 1
-
     def _sample(self, ts, *, regular: bool) -> None:
         self.equity.append((ts, float(self.book.equity())))
         if regular:
@@ -205,29 +199,13 @@ class Backtest:
         book, ledger, kernel = self.book, self.ledger, self.kernel
         strategy_of = {cid: s.name for cid, s in kernel._owner.items()}
         cid_of = {o.order_id: o.client_order_id for o in book.all_orders()}
-        # float(Decimal) costs 0.2 us and deals repeat their quantities, prices
-        # and P&Ls: memoized, ``get(x) or f(x)`` (a nonzero float is true)
-        floats: dict[Decimal, float] = {}
-        get = floats.get
-
-        def f(x: Decimal) -> float:
-            if x is ZERO:  # the fee of a deal without commission
-                return 0.0
-            y = float(x)
-            if y:  # never a zero: -0 == 0 as a key, not as a float
-                floats[x] = y
-            return y
-
         buy, sell = Side.BUY.value, Side.SELL.value
-        trades = []
-        append = trades.append
-        for deal_id, order_id, position_id, symbol, is_buy, qty, price, fee, pnl, ts in (
-                ledger.deal_rows()):
-            cid = cid_of.get(order_id)
-            append(TradeRow(
-                ts, symbol, buy if is_buy else sell, get(qty) or f(qty), get(price) or f(price),
-                get(fee) or f(fee), get(pnl) or f(pnl), order_id, position_id, cid,
-                strategy_of.get(cid)))
+        trades = [
+            TradeRow(ts, symbol, buy if is_buy else sell, float(qty), float(price), float(fee),
+                     float(pnl), order_id, position_id, cid_of.get(order_id),
+                     strategy_of.get(cid_of.get(order_id)))
+            for _, order_id, position_id, symbol, is_buy, qty, price, fee, pnl, ts in ledger.deal_rows()
+        ]
         stats = [r.stats.as_dict() for r in self.readers]
         return BacktestResult(
             config_name=self.name,
@@ -242,10 +220,10 @@ class Backtest:
             equity=tuple(self.equity),
             exposure=self._exposed / self._samples if self._samples else 0.0,
             trades=tuple(trades),
-            closed_positions_pnl=tuple(get(pnl) or f(pnl) for pnl in ledger.closed_pnls()),
+            closed_positions_pnl=tuple(float(pnl) for pnl in ledger.closed_pnls()),
             fees=float(ledger.commission_paid),
             orders=kernel.orders_sent,
-            fills=self._fills,
+            fills=kernel.fills,
             denials=dict(sorted(self.gate.statistics().get("denials", {}).items())),
             rejections=dict(sorted(book.statistics().get("rejections_by_reason", {}).items())),
             feed_stats=stats[0] if len(stats) == 1 else {"feeds": stats},

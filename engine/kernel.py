@@ -31,7 +31,6 @@ from risk import Approved, RiskGate, TradingState
 from strategies.base import Strategy
 
 _NONE: tuple = ()
-_Execution = ev.Execution
 _CreateOrder = it.CreateOrder
 
 
@@ -136,7 +135,6 @@ class Kernel:
         self.cancel_on_stop = cancel_on_stop
         self.failures: list[StrategyFailure] = []
         self.anomalies: list[str] = []
-        self.on_fill: Callable[[ev.Execution], None] | None = None
         self.reconciling = False
         self._out: list = []
         self._quote_subs: dict[str, list[Strategy]] = {}
@@ -154,6 +152,7 @@ class Kernel:
         self.orders_sent = 0
         self.denials = 0
         self.rejections = 0
+        self.fills = 0
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> list:
@@ -211,10 +210,8 @@ class Kernel:
                     on_quote(quote)
                 except Exception as exc:  # a strategy's bug stops that strategy only
                     self._fail(s, "on_quote", exc)
-            out = self._out
-            if out:
-                self._out = []
-                return out
+            if self._out:
+                return self._take()
         return _NONE
 
     def on_depth(self, depth: ev.Depth) -> Sequence:
@@ -236,7 +233,7 @@ class Kernel:
 
     def on_event(self, event) -> Sequence:
         """An account event from the venue: book first, then the strategy."""
-        if type(event) is _Execution:
+        if type(event) is ev.Execution:
             try:
                 if not self.book.apply(event):
                     return _NONE  # a duplicate: applied once already
@@ -244,25 +241,13 @@ class Kernel:
                 return self._book_disagrees(event, exc)
             cid = event.client_order_id
             owner = self._owner.get(cid) if cid else None
-            if owner is not None:  # self._call(owner, "on_execution", event), inline
-                if id(owner) not in self._stopped:
-                    try:
-                        owner.on_execution(event)
-                    except Exception as exc:
-                        self._fail(owner, "on_execution", exc)
-            else:
-                for s in self._exec_subs.get(event.symbol, ()):
-                    self._call(s, "on_execution", event)
+            for s in (owner,) if owner is not None else self._exec_subs.get(event.symbol, _NONE):
+                self._call(s, "on_execution", event)
             if event.last_quantity:
-                if self.on_fill is not None:
-                    self.on_fill(event)
+                self.fills += 1
                 for intent in self.gate.update(self.clock.now):
                     self.submit(None, intent)
-            out = self._out  # self._take(), inline
-            if out:
-                self._out = []
-                return out
-            return _NONE
+            return self._take()
         if type(event) is ev.Error:
             self.book.apply(event)
             self.rejections += 1

@@ -10,7 +10,6 @@ from engine.backtest import Backtest
 from engine.config import load_config
 from risk import TradingState
 from strategies import Strategy
-from strategies.sma_cross import SmaCross
 
 DATA = Path(__file__).parent / "data"
 DEMO = Path(__file__).parent.parent / "configs" / "data" / "histdata_eurusd_ticks_2020-01-01.jsonl.gz"
