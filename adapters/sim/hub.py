@@ -37,11 +37,12 @@ import attrs
 import msgspec
 
 from adapters.sim.matching import MatchingEngine
-from adapters.sim.rules import SyntheticDepth, levels
+from adapters.sim.market import synthesize_depth
+from adapters.sim.rules import SyntheticDepth
 from engine import events as ev
 from engine import intents as it
 from engine.codec import EVENT_TYPES, decode_request, encode_event, request_type
-from engine.enums import ErrorCode, EventKind, OrderStatus, Side
+from engine.enums import ErrorCode, EventKind, OrderStatus
 from engine.errors import UsageError, WireError
 from risk.throttle import TokenBucket
 
@@ -659,12 +660,7 @@ class Hub:
             size = own.size if own is not None else self.config.depth_size
             ticks = own.spacing_ticks if own is not None else self.config.depth_spacing_ticks
             synth = self._synth[n] = SyntheticDepth(levels=n, size=size, spacing_ticks=ticks)
-        inst = self.engine.instruments[sym]
-
-        def side(s: Side):
-            return tuple((p, float(z)) for p, z in levels(s, q, None, synth, inst) if p > 0)
-
-        return ev.Depth(symbol=sym, bids=side(Side.SELL), asks=side(Side.BUY), ts=q.ts)
+        return synthesize_depth(q, synth, self.engine.instruments[sym])
 
     def _eval_metrics(self, now: datetime, out) -> None:
         """Send each metrics subscription whose account changed and whose

@@ -291,4 +291,6 @@ def synthesize_depth(
 
 
 def _levels(side: Side, quote: Quote, synthetic: SyntheticDepth, inst: Instrument):
-    return tuple((float(p), float(s)) for p, s in levels(side, quote, None, synthetic, inst))
+    """The side's levels as wire pairs; levels that would fall to a price <= 0
+    (a low price, wide spacing) are left out."""
+    return tuple((float(p), float(s)) for p, s in levels(side, quote, None, synthetic, inst) if p > 0)
