@@ -59,13 +59,13 @@ def _min(low: float, *, strict: bool = False):
     return check
 
 
-def _non_empty(_inst, attribute, value) -> None:
+def non_empty(_inst, attribute, value) -> None:
     if not value:
         raise ValueError(f"{attribute.name} needs at least one entry")
 
 
-_gt0 = _min(0, strict=True)
-_ge0 = _min(0)
+positive = _min(0, strict=True)
+non_negative = _min(0)
 _ge1 = _min(1)
 
 
@@ -100,10 +100,10 @@ class InstrumentConfig:
 
     quote_currency: str | None = None
     base_currency: str | None = None
-    lot_step: float = attrs.field(default=1, validator=_gt0)
-    price_precision: int = attrs.field(default=5, validator=[_ge0, attrs.validators.le(12)])
-    leverage: float = attrs.field(default=1, validator=_gt0)
-    conversion_rate: float | None = attrs.field(default=None, validator=_gt0)
+    lot_step: float = attrs.field(default=1, validator=positive)
+    price_precision: int = attrs.field(default=5, validator=[non_negative, attrs.validators.le(12)])
+    leverage: float = attrs.field(default=1, validator=positive)
+    conversion_rate: float | None = attrs.field(default=None, validator=positive)
 
     def to_instrument(self, symbol: str) -> Instrument:
         """The ``Instrument`` for ``symbol``. Raises ConfigError if its quote
@@ -175,7 +175,7 @@ class StrategyConfig:
 @attrs.frozen(kw_only=True)
 class SyntheticDepthConfig:
     levels: int = attrs.field(default=5, validator=[_ge1, attrs.validators.le(50)])
-    size: float = attrs.field(default=1_000_000, validator=_gt0)
+    size: float = attrs.field(default=1_000_000, validator=positive)
     step_ticks: int = attrs.field(default=1, validator=_ge1)
 
 
@@ -183,14 +183,14 @@ class SyntheticDepthConfig:
 class BacktestConfig:
     """YAML ``feed``: one path or a list; relative paths are from the YAML file."""
 
-    feed: tuple[str, ...] = attrs.field(validator=_non_empty)
-    latency_ms: float = attrs.field(default=0, validator=_ge0)
-    commission_per_million: float = attrs.field(default=0, validator=_ge0)
+    feed: tuple[str, ...] = attrs.field(validator=non_empty)
+    latency_ms: float = attrs.field(default=0, validator=non_negative)
+    commission_per_million: float = attrs.field(default=0, validator=non_negative)
     strict: bool = False
-    equity_sample_s: float = attrs.field(default=60, validator=_gt0)
+    equity_sample_s: float = attrs.field(default=60, validator=positive)
     out: str | None = None
     depth: SyntheticDepthConfig | None = None
-    stop_out_level: float | None = attrs.field(default=None, validator=_gt0)
+    stop_out_level: float | None = attrs.field(default=None, validator=positive)
 
 
 @attrs.frozen(kw_only=True)
@@ -207,25 +207,29 @@ class VenueSection:
     login: LoginConfig | None = None
     account: str | None = None
     cancel_on_stop: bool = True
-    ping_interval_s: float = attrs.field(default=10, validator=_gt0)
-    dead_after_s: float = attrs.field(default=10, validator=_gt0)
+    ping_interval_s: float = attrs.field(default=10, validator=positive)
+    dead_after_s: float = attrs.field(default=10, validator=positive)
 
 
 @attrs.frozen(kw_only=True)
 class RunConfig:
     account: str = "acc_1"
     currency: str = "USD"
-    balance: float = attrs.field(default=100_000.0, validator=_ge0)
+    balance: float = attrs.field(default=100_000.0, validator=non_negative)
     instruments: dict[str, InstrumentConfig] = attrs.field(factory=dict)
-    strategies: tuple[StrategyConfig, ...] = attrs.field(validator=_non_empty)
+    strategies: tuple[StrategyConfig, ...] = attrs.field(validator=non_empty)
     risk: RiskLimits = attrs.field(factory=RiskLimits)
     backtest: BacktestConfig | None = None
     venue: VenueSection | None = None
 
     def instrument_map(self) -> dict[str, Instrument]:
-        """Every instrument: the built-in ones, with this config's over them."""
-        terms = {**DEFAULT_INSTRUMENTS, **self.instruments}
-        return {symbol: cfg.to_instrument(symbol) for symbol, cfg in terms.items()}
+        return instrument_map(self.instruments)
+
+
+def instrument_map(overrides: Mapping[str, InstrumentConfig]) -> dict[str, Instrument]:
+    """Every instrument: the built-in ones, with a config's over them."""
+    terms = {**DEFAULT_INSTRUMENTS, **overrides}
+    return {symbol: cfg.to_instrument(symbol) for symbol, cfg in terms.items()}
 
 
 # --------------------------------------------------------------------------
@@ -240,21 +244,25 @@ def load_config(path: str | os.PathLike, env: Mapping[str, str] = os.environ) ->
             unknown, missing, of the wrong type or out of range.
     """
     path = Path(path)
+    return config_from_dict(read_yaml(path), base_dir=path.resolve().parent, env=env)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file; a key given twice, or bad YAML, is a ConfigError that
+    says where but never quotes the line (it may hold a secret)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError("", f"cannot read {path}: {exc}") from None
     try:
         _refuse_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
-        # never the snippet: the line may hold a secret
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError("", f"{path}: not valid YAML: {exc.problem}{where}") from None
     except yaml.YAMLError as exc:
         raise ConfigError("", f"{path}: not valid YAML ({type(exc).__name__})") from None
-    return config_from_dict(data, base_dir=path.resolve().parent, env=env)
 
 
 def config_from_dict(
@@ -274,14 +282,15 @@ def config_from_dict(
             config,
             backtest=attrs.evolve(
                 bt,
-                feed=tuple(_resolve(p, base_dir) for p in bt.feed),
-                out=None if bt.out is None else _resolve(bt.out, base_dir),
+                feed=tuple(resolve_path(p, base_dir) for p in bt.feed),
+                out=None if bt.out is None else resolve_path(bt.out, base_dir),
             ),
         )
     return config
 
 
-def _resolve(path: str, base_dir: str | os.PathLike) -> str:
+def resolve_path(path: str, base_dir: str | os.PathLike) -> str:
+    """``path`` relative to the config file's folder (absolute and ``~`` kept)."""
     p = Path(path).expanduser()
     return str(p if p.is_absolute() else Path(base_dir) / p)
 
@@ -498,7 +507,7 @@ def _one_or_many(value: Any, _t) -> tuple[str, ...]:
     return _converter.structure(value, tuple[str, ...])
 
 
-def _merge_instrument_defaults(data: Mapping) -> Mapping:
+def merge_instrument_defaults(data: Mapping) -> Mapping:
     """YAML ``instruments.EURUSD: {leverage: 50}`` keeps EURUSD's other defaults."""
     overrides = data.get("instruments")
     if not isinstance(overrides, Mapping):
@@ -514,7 +523,7 @@ def _merge_instrument_defaults(data: Mapping) -> Mapping:
     return {**data, "instruments": merged}
 
 
-_PREPARE = {RunConfig: _merge_instrument_defaults}
+_PREPARE = {RunConfig: merge_instrument_defaults}
 
 
 def _make_converter() -> cattrs.Converter:

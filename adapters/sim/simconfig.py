@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import yaml
 
 from adapters.sim.auth import User, hash_password
 from adapters.sim.hub import HubConfig
 from adapters.sim.matching import SyntheticDepth, VenueConfig
 from adapters.sim.store import MEMORY
-from engine.config import DEFAULT_INSTRUMENTS, InstrumentConfig, SyntheticDepthConfig, interpolate, structure
+from engine.config import (
+    InstrumentConfig, SyntheticDepthConfig, instrument_map, interpolate, merge_instrument_defaults,
+    non_empty, non_negative, positive, read_yaml, resolve_path, structure,
+)
 from engine.errors import ConfigError
 from engine.instruments import Instrument
 
@@ -37,27 +39,12 @@ DEFAULT_STORE = "sim-state.sqlite3"
 """The durable state's file name, next to the config file, unless ``store`` says."""
 
 
-def _positive(_inst, attribute, value) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
-
-
-def _non_negative(_inst, attribute, value) -> None:
-    if value is not None and not value >= 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
-
-
-def _non_empty(_inst, attribute, value) -> None:
-    if not value:
-        raise ValueError(f"{attribute.name} needs at least one entry")
-
-
 @attrs.frozen(kw_only=True)
 class UserConfig:
     """A login. Exactly one of ``password_hash`` and ``password_env``."""
 
     username: str
-    accounts: tuple[str, ...] = attrs.field(validator=_non_empty)
+    accounts: tuple[str, ...] = attrs.field(validator=non_empty)
     password_hash: str | None = attrs.field(default=None, repr=False)
     password_env: str | None = None
 
@@ -75,25 +62,25 @@ class UserConfig:
 class AccountConfig:
     id: str
     currency: str = "USD"
-    balance: float = attrs.field(default=100_000.0, validator=_non_negative)
+    balance: float = attrs.field(default=100_000.0, validator=non_negative)
 
 
 @attrs.frozen(kw_only=True)
 class SyntheticMarket:
     """A seeded generator (``adapters.sim.market.synthetic_schedule``)."""
 
-    symbols: tuple[str, ...] = attrs.field(validator=_non_empty)
+    symbols: tuple[str, ...] = attrs.field(validator=non_empty)
     seed: int = 1
-    rate_per_s: float = attrs.field(default=20.0, validator=_positive)
-    depth: int = attrs.field(default=0, validator=[_non_negative, attrs.validators.le(50)])
+    rate_per_s: float = attrs.field(default=20.0, validator=positive)
+    depth: int = attrs.field(default=0, validator=[non_negative, attrs.validators.le(50)])
 
 
 @attrs.frozen(kw_only=True)
 class ReplayMarket:
     """Recorded feeds; ``speed`` null replays as fast as the slowest client reads."""
 
-    feed: tuple[str, ...] = attrs.field(validator=_non_empty)
-    speed: float | None = attrs.field(default=1.0, validator=_positive)
+    feed: tuple[str, ...] = attrs.field(validator=non_empty)
+    speed: float | None = attrs.field(default=1.0, validator=positive)
     loop: bool = True
 
 
@@ -111,9 +98,9 @@ class MarketConfig:
 
 @attrs.frozen(kw_only=True)
 class VenueSettings:
-    latency_ms: float = attrs.field(default=0, validator=_non_negative)
-    commission_per_million: float = attrs.field(default=0, validator=_non_negative)
-    stop_out_level: float | None = attrs.field(default=None, validator=_positive)
+    latency_ms: float = attrs.field(default=0, validator=non_negative)
+    commission_per_million: float = attrs.field(default=0, validator=non_negative)
+    stop_out_level: float | None = attrs.field(default=None, validator=positive)
     depth: SyntheticDepthConfig | None = None
 
     def to_venue(self) -> VenueConfig:
@@ -127,7 +114,7 @@ class AuthSettings:
     """``secret_env`` names the variable holding the HS256 key (>= 32 bytes);
     unset (or the variable missing): a random key per start."""
 
-    token_lifetime_s: int = attrs.field(default=3600, validator=_positive)
+    token_lifetime_s: int = attrs.field(default=3600, validator=positive)
     secret_env: str | None = "TRIOTRADE_SIM_SECRET"
 
     @property
@@ -149,20 +136,20 @@ class ServerSettings:
         save_interval_s: how often changed state goes to the store.
     """
 
-    ping_interval_s: float = attrs.field(default=10.0, validator=_positive)
-    send_buffer_limit: int = attrs.field(default=256 * 1024, validator=_positive)
-    slow_reader_s: float = attrs.field(default=5.0, validator=_positive)
-    max_login_body: int = attrs.field(default=16 * 1024, validator=_positive)
+    ping_interval_s: float = attrs.field(default=10.0, validator=positive)
+    send_buffer_limit: int = attrs.field(default=256 * 1024, validator=positive)
+    slow_reader_s: float = attrs.field(default=5.0, validator=positive)
+    max_login_body: int = attrs.field(default=16 * 1024, validator=positive)
     admin: bool = False
-    shutdown_grace_s: float = attrs.field(default=2.0, validator=_positive)
-    save_interval_s: float = attrs.field(default=0.5, validator=_positive)
+    shutdown_grace_s: float = attrs.field(default=2.0, validator=positive)
+    save_interval_s: float = attrs.field(default=0.5, validator=positive)
     """How often changed state is written to the store (and once more at shutdown)."""
 
 
 @attrs.frozen(kw_only=True)
 class SimConfig:
-    users: tuple[UserConfig, ...] = attrs.field(validator=_non_empty)
-    accounts: tuple[AccountConfig, ...] = attrs.field(validator=_non_empty)
+    users: tuple[UserConfig, ...] = attrs.field(validator=non_empty)
+    accounts: tuple[AccountConfig, ...] = attrs.field(validator=non_empty)
     market: MarketConfig
     instruments: dict[str, InstrumentConfig] = attrs.field(factory=dict)
     venue: VenueSettings = attrs.field(factory=VenueSettings)
@@ -175,22 +162,7 @@ class SimConfig:
     next to the config file, or in memory for a config built without a file."""
 
     def instrument_map(self) -> dict[str, Instrument]:
-        """The built-in instruments with this config's over them."""
-        terms = {**DEFAULT_INSTRUMENTS, **self.instruments}
-        return {symbol: cfg.to_instrument(symbol) for symbol, cfg in terms.items()}
-
-
-def _merge_instruments(data: Mapping) -> Mapping:
-    """``instruments.EURUSD: {leverage: 50}`` keeps EURUSD's other defaults."""
-    overrides = data.get("instruments")
-    if not isinstance(overrides, Mapping):
-        return data
-    merged = {
-        s: ({**attrs.asdict(DEFAULT_INSTRUMENTS[s]), **t}
-            if s in DEFAULT_INSTRUMENTS and isinstance(t, Mapping) else t)
-        for s, t in overrides.items()
-    }
-    return {**data, "instruments": merged}
+        return instrument_map(self.instruments)
 
 
 def _check(config: SimConfig) -> None:
@@ -223,15 +195,13 @@ def sim_config_from_dict(
         raise ConfigError("", "expected a mapping at the top of the file")
     if env is not None:
         data = interpolate(data, env)
-    config = structure(SimConfig, _merge_instruments(data), "")
+    config = structure(SimConfig, merge_instrument_defaults(data), "")
     _check(config)
     if base_dir is not None and config.store != MEMORY:
-        store = Path(config.store or DEFAULT_STORE).expanduser()
-        config = attrs.evolve(config, store=str(store if store.is_absolute() else Path(base_dir) / store))
+        config = attrs.evolve(config, store=resolve_path(config.store or DEFAULT_STORE, base_dir))
     replay = config.market.replay
     if base_dir is not None and replay is not None:
-        feed = tuple(str(p if (p := Path(f).expanduser()).is_absolute() else Path(base_dir) / p)
-                     for f in replay.feed)
+        feed = tuple(resolve_path(f, base_dir) for f in replay.feed)
         config = attrs.evolve(config, market=attrs.evolve(
             config.market, replay=attrs.evolve(replay, feed=feed)))
     return config
@@ -244,10 +214,4 @@ def load_sim_config(path: str | os.PathLike, env: Mapping[str, str] = os.environ
         ConfigError: unreadable, not YAML, or any key wrong (named, dotted).
     """
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("", f"cannot read {path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError("", f"{path}: not valid YAML ({type(exc).__name__})") from None
-    return sim_config_from_dict(data, base_dir=path.resolve().parent, env=env)
+    return sim_config_from_dict(read_yaml(path), base_dir=path.resolve().parent, env=env)
