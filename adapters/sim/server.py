@@ -57,7 +57,6 @@ import sqlite3
 import struct
 from collections import deque
 from collections.abc import Mapping
-from datetime import datetime, timezone
 from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
@@ -74,13 +73,13 @@ from adapters.sim.market import replay_schedule, synthetic_schedule
 from adapters.sim.matching import MatchingEngine
 from adapters.sim.simconfig import SimConfig, load_sim_config
 from adapters.sim.store import MEMORY, Store
+from engine.clock import WallClock
 from engine.errors import ConfigError, TriotradeError, UsageError
 
 __all__ = ["SimServer", "main", "serve_sim"]
 
 log = logging.getLogger(__name__)
 
-_UTC = timezone.utc
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_AUTH = 4401
@@ -117,8 +116,7 @@ _REST_ROUTES = {
 """(method, path after the account id) -> (message type, path id field)."""
 
 
-def _now() -> datetime:
-    return datetime.now(_UTC)
+_WALL = WallClock()
 
 
 @attrs.define(eq=False)
@@ -376,7 +374,7 @@ class SimServer:
         if m.synthetic is not None:
             s = m.synthetic
             return synthetic_schedule(s.symbols, seed=s.seed, rate_per_s=s.rate_per_s,
-                                      start=_now(), depth=s.depth)
+                                      start=_WALL.now, depth=s.depth)
         r = m.replay
         return replay_schedule(r.feed, speed=r.speed, loop=r.loop)
 
@@ -401,7 +399,7 @@ class SimServer:
                     while fast and any(s.queued > FAST_HIGH_WATER for s in self.sessions.values()):
                         await trio.sleep(0.005)
             self.market_events += 1
-            out = hub.on_market(event, _now())
+            out = hub.on_market(event, _WALL.now)
             if out:
                 dispatch(out)
 
@@ -410,7 +408,7 @@ class SimServer:
         slow_after = self.config.server.slow_reader_s
         while True:
             await trio.sleep(TICK_S)
-            out = self.hub.tick(_now())
+            out = self.hub.tick(_WALL.now)
             if out:
                 self._dispatch(out)
             t = trio.current_time()
@@ -519,7 +517,7 @@ class SimServer:
             body = await _read_body(receive, self.config.server.max_login_body)
             if body is None:
                 return await _respond(send, 413, {"code": "BAD_REQUEST", "message": "body too large"})
-            status, payload = await trio.to_thread.run_sync(self.auth.login, body, _now())
+            status, payload = await trio.to_thread.run_sync(self.auth.login, body, _WALL.now)
             return await _respond(send, status, payload)
         if path.startswith(_ACCOUNTS):
             return await self._rest(scope, receive, send)
@@ -581,7 +579,7 @@ class SimServer:
             return await _respond(send, 404, {"code": "NOT_FOUND", "message": "no such endpoint"})
         auth = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1")
         token = auth[7:] if auth[:7].lower() == "bearer " else None
-        now = _now()
+        now = _WALL.now
         try:
             claims = self.issuer.verify(token, now)
         except AuthError as exc:
@@ -639,7 +637,7 @@ class SimServer:
             return await _refuse(scope, send, 404, "NOT_FOUND", "no such endpoint")
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         token = (query.get("token") or [None])[0]
-        now = _now()
+        now = _WALL.now
         try:
             claims = self.issuer.verify(token, now)
         except AuthError as exc:
@@ -652,7 +650,7 @@ class SimServer:
         try:
             with trio.CancelScope() as cs:
                 s.scope = cs
-                out = self.hub.connect(conn, claims.accounts, _now(), expires_at=claims.expires_at)
+                out = self.hub.connect(conn, claims.accounts, _WALL.now, expires_at=claims.expires_at)
                 self._dispatch(out)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer, s, send)
@@ -670,7 +668,7 @@ class SimServer:
             if msg["type"] != "websocket.receive":
                 return  # websocket.disconnect
             text = msg.get("text")
-            out = hub.receive(conn, text if text is not None else (msg.get("bytes") or b""), _now())
+            out = hub.receive(conn, text if text is not None else (msg.get("bytes") or b""), _WALL.now)
             if out:
                 dispatch(out)
 
