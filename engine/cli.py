@@ -3,6 +3,8 @@
     triotrade backtest CONFIG [--out DIR] [--strict] [--no-progress]
     triotrade make-feed --out FILE [--symbols ...] [--quotes N] [--seed S] [--depth L]
     triotrade sim --config configs/sim.yaml [--memory] [--host H] [--port P]
+    triotrade run CONFIG [--venue sim|URL] [--record FILE] [--duration S] [--log-json] [--out DIR]
+    triotrade record --venue sim|URL|CONFIG --symbols A,B [--depth N] --out FILE [--duration S]
 """
 
 from __future__ import annotations
@@ -26,6 +28,21 @@ def main(argv: list[str] | None = None) -> int:
     bt.add_argument("--out", type=Path, help="report directory (default: backtest.out or out/<config>)")
     bt.add_argument("--strict", action="store_true", help="a malformed feed line is fatal")
     bt.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run = sub.add_parser("run", help="trade the config's strategies live")
+    run.add_argument("config", type=Path, help="the run's YAML file")
+    run.add_argument("--venue", help="`sim` (the embedded paper-trading server) or a ws(s):// URL "
+                     "(credentials from the YAML's venue.login); default: the YAML's venue")
+    run.add_argument("--record", type=Path, help="also record every server message to this feed file")
+    run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument("--log-json", action="store_true", help="structured JSON log lines, no status line")
+    run.add_argument("--out", type=Path, help="report directory (default: out/<config>-live)")
+    rec = sub.add_parser("record", help="record a venue's market data to a feed file")
+    rec.add_argument("--venue", required=True, help="`sim`, a ws(s):// URL, or a YAML file with `venue:`")
+    rec.add_argument("--symbols", required=True, help="comma-separated, e.g. EURUSD,GBPUSD")
+    rec.add_argument("--depth", type=int, default=0, help="depth levels to record too (0: quotes only)")
+    rec.add_argument("--out", type=Path, required=True, help="feed file (.jsonl or .jsonl.gz)")
+    rec.add_argument("--duration", type=float, help="stop after this many seconds")
+    rec.add_argument("--account", help="the account (default: the YAML's, or $TRADER_ACCOUNT)")
     sub.add_parser("make-feed", help="write a seeded synthetic feed (make-feed --help)")
     sub.add_parser("sim", help="serve the paper-trading Trader server (sim --help)")
     argv = sys.argv[1:] if argv is None else argv
@@ -40,6 +57,14 @@ def main(argv: list[str] | None = None) -> int:
 
             return server.main(argv[1:])
         args = parser.parse_args(argv)
+        if args.command == "run":
+            from engine.live import run_command
+
+            return run_command(args, err)
+        if args.command == "record":
+            from engine.live import record_command
+
+            return record_command(args, err)
         return _backtest(args, err)
     except TriotradeError as exc:
         err.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False)

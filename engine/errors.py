@@ -10,6 +10,8 @@
     ├── ConfigError        a bad YAML file: names the dotted key
     ├── AuthError          a token or login refused (``adapters.sim.auth``): says why,
     │                      never shows the token
+    ├── VenueError         a live venue that cannot be used: unreachable, or it
+    │                      refused the login or the connection (``status``)
     └── UsageError         a bug of ours or of a strategy author: an illegal
         │                  call, never the peer's fault
         └── IllegalTransition   an order moved in a way the lifecycle forbids
@@ -78,6 +80,23 @@ class ConfigError(TriotradeError):
         self.key = key
         self.detail = detail
         super().__init__(f"{key}: {detail}" if key else detail)
+
+
+class VenueError(TriotradeError):
+    """A live venue that cannot be used: unreachable, or refusing us.
+
+    Attributes:
+        status: the HTTP status (401: bad credentials or token) or the
+            WebSocket close code that said so, if any.
+        auth: True when it is an authentication refusal (401 / 4401).
+    The message never holds a token or a password.
+    """
+
+    def __init__(self, detail: str, *, status: int | None = None, auth: bool = False) -> None:
+        self.detail = detail
+        self.status = status
+        self.auth = auth
+        super().__init__(detail)
 
 
 class UsageError(TriotradeError):

@@ -31,7 +31,8 @@ from engine.instruments import Instrument
 
 __all__ = [
     "AccountConfig", "AuthSettings", "MarketConfig", "ReplayMarket", "ServerSettings", "SimConfig",
-    "SyntheticMarket", "UserConfig", "VenueSettings", "load_sim_config", "sim_config_from_dict",
+    "SyntheticMarket", "UserConfig", "VenueSettings", "embedded_sim_config", "load_sim_config",
+    "sim_config_from_dict",
 ]
 
 
@@ -215,3 +216,24 @@ def load_sim_config(path: str | os.PathLike, env: Mapping[str, str] = os.environ
     """
     path = Path(path)
     return sim_config_from_dict(read_yaml(path), base_dir=path.resolve().parent, env=env)
+
+
+def embedded_sim_config(
+    *, account: str, currency: str, balance: float, symbols: tuple[str, ...], username: str,
+    password: str, instruments: Mapping[str, InstrumentConfig] | None = None,
+    rate_per_s: float = 20.0, seed: int = 7, venue: Mapping[str, Any] | None = None,
+) -> SimConfig:
+    """The simulator ``triotrade run --venue sim`` starts beside a run: one
+    user and the run's account, a seeded synthetic market on the run's
+    symbols, state in memory, a random token key."""
+    hashed = hash_password(password, iterations=10_000)  # a per-run throwaway password
+    data = {
+        "users": [{"username": username, "password_hash": hashed, "accounts": [account]}],
+        "accounts": [{"id": account, "currency": currency, "balance": balance}],
+        "instruments": {s: attrs.asdict(i) for s, i in (instruments or {}).items()},
+        "market": {"synthetic": {"symbols": list(symbols), "seed": seed, "rate_per_s": rate_per_s}},
+        "venue": dict(venue or {}),
+        "auth": {"secret_env": None},
+        "store": MEMORY,
+    }
+    return sim_config_from_dict(data)

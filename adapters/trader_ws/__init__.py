@@ -1,0 +1,1 @@
+"""The live adapter for a Trader WebSocket server: login, session and connection."""

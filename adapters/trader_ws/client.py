@@ -1,0 +1,312 @@
+"""The live Trader WebSocket adapter: one logical connection, kept up.
+
+The protocol decisions (what to subscribe, when the connection is dead,
+whether to log in again or give up, how long to back off, when the book is
+reconciled) are the sans-IO ``Session``'s. This module is the I/O around it,
+on trio and trio-websocket: the login over HTTP, the handshake with the
+token as a query parameter (never logged), one reader per connection that
+decodes each message once and drops it into the runtime's ``Inbox`` (and the
+recorder), a watchdog that pings a silent server, and the sends.
+
+Each connection lives in its own nursery, so a drop, a dead connection or
+trio-websocket's pong-while-closing error (python-trio/trio-websocket#184)
+ends that connection only; the loop then asks the session what to do next.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+from collections.abc import Callable, Sequence
+
+import trio
+from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, connect_websocket_url
+from wsproto.utilities import LocalProtocolError
+
+from adapters.trader_ws.login import client_ssl_context, endpoints, login, redact, ws_url_with_token
+from adapters.trader_ws.session import Liveness, Reconnect, Send, Session, Stop
+from engine.codec import decode_envelope, encode_intent
+from engine.errors import VenueError, WireError
+from engine.events import Depth, OrderHistory, Quote
+from engine.runtime import Inbox, LinkDown, LinkFailed, LinkLive, LinkUp, OrderHistoryReply
+
+log = logging.getLogger("triotrade.trader_ws")
+
+CONNECT_TIMEOUT_S = 10.0
+MESSAGE_QUEUE = 4096
+"""Messages trio-websocket buffers before it stops reading the socket; our
+reader takes them as fast as they come (it does no strategy work)."""
+MAX_MESSAGE = 16 * 1024 * 1024
+
+
+class TraderClient:
+    """A connection to a Trader server that logs in, subscribes, reconciles
+    and reconnects by itself; the runtime's ``Link``.
+
+    Args:
+        url: the WebSocket URL (``wss://host/api/v1/ws``; ``ws://`` on loopback only).
+        username / password: the login (the password is never logged or shown).
+        account_id: the account traded.
+        inbox: where decoded messages go (the runtime's ``Inbox``).
+        recorder: if given, every message received is written to it first.
+        reconcile: ask for the order history and the portfolio on every
+            connection before going live (off for a recorder).
+    """
+
+    def __init__(
+        self, url: str, username: str, password: str, account_id: str, inbox: Inbox, *,
+        ping_after_s: float = 10.0, dead_after_s: float = 10.0, recorder=None,
+        ssl_context: ssl.SSLContext | None = None, jitter: Callable[[], float] = random.random,
+        backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0, stable_after_s: float = 30.0,
+        reconcile: bool = True,
+    ) -> None:
+        self.endpoints = endpoints(url)
+        self._username = username
+        self._password = password
+        self.inbox = inbox
+        self.recorder = recorder
+        self._ssl = ssl_context if ssl_context is not None else client_ssl_context(self.endpoints.ws_url)
+        self.session = Session(
+            account_id, ping_after_s=ping_after_s, dead_after_s=dead_after_s, jitter=jitter,
+            backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s,
+            stable_after_s=stable_after_s, reconcile=reconcile)
+        self._history_limit = 1000
+        self._ws = None
+        self._token: str | None = None
+        self._scope: trio.CancelScope | None = None
+        self._conn_scope: trio.CancelScope | None = None
+        self._closing = False
+        self.live = False
+        self.failure: str | None = None
+        self.connection = 0
+        self.messages = 0
+        self.bad_messages = 0
+        self.sent = 0
+        self.logins = 0
+        self.last_close: str | None = None
+
+    def __repr__(self) -> str:
+        return f"TraderClient({self.endpoints.ws_url!r}, user={self._username!r}, phase={self.session.phase})"
+
+    # -- the runtime's side ----------------------------------------------------
+    def want(self, requests: Sequence) -> None:
+        """Subscriptions to hold across reconnects (give them before ``run``)."""
+        self.session.want(requests)
+
+    async def send(self, intent) -> bool:
+        """Send one trading request now; False if the connection is not up
+        (the book's reconciliation settles what happened to it)."""
+        ws = self._ws
+        if ws is None:
+            return False
+        send = Send(self.session.next_request_id(), intent)
+        data = encode_intent(intent, send.request_id).decode()
+        self.session.sent(send, trio.current_time())
+        try:
+            await ws.send_message(data)
+        except ConnectionClosed:
+            return False
+        self.sent += 1
+        return True
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Stop: close the connection with ``code`` and end ``run``."""
+        self._closing = True
+        self.session.stop()
+        ws = self._ws
+        if ws is not None:
+            try:
+                with trio.move_on_after(2):
+                    await ws.aclose(code, reason or None)
+            except LocalProtocolError:
+                pass
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def status(self) -> dict:
+        return {
+            "connection": str(self.session.phase), "connections": self.connection,
+            "messages": self.messages, "bad_messages": self.bad_messages, "sent": self.sent,
+            "last_close": self.last_close,
+        }
+
+    # -- the connection loop --------------------------------------------------
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Keep a connection up until ``close`` or a fatal refusal."""
+        with trio.CancelScope() as self._scope:
+            task_status.started()
+            relogin = True
+            while not self._closing:
+                if relogin or self._token is None:
+                    decision = await self._login()
+                    if decision is not None:
+                        if not await self._follow(decision):
+                            break
+                        continue
+                decision = await self._connect_once()
+                if not await self._follow(decision):
+                    break
+                relogin = decision.relogin
+        self._ws = None
+        self.live = False
+
+    async def _login(self) -> Reconnect | Stop | None:
+        session = self.session
+        session.logging_in(trio.current_time())
+        try:
+            result = await login(self.endpoints.login_url, self._username, self._password,
+                                 verify=self._ssl if self._ssl is not None else True)
+        except VenueError as exc:
+            log.warning("login failed: %s", exc)
+            return session.login_failed(trio.current_time(), status=exc.status, reason=str(exc))
+        self.logins += 1
+        self._token = result.token
+        session.logged_in(trio.current_time())
+        return None
+
+    async def _follow(self, decision: Reconnect | Stop) -> bool:
+        """Act on the session's decision; False when the loop must end."""
+        if isinstance(decision, Stop):
+            if decision.fatal:
+                self.failure = decision.reason
+                log.error("giving up: %s", decision.reason)
+                self.inbox.put(LinkFailed(decision.reason))
+            return False
+        log.info("reconnecting in %.2f s (%s)", decision.delay_s, decision.reason)
+        await trio.sleep(decision.delay_s)
+        return True
+
+    async def _connect_once(self) -> Reconnect | Stop:
+        session = self.session
+        session.connecting(trio.current_time())
+        url = ws_url_with_token(self.endpoints.ws_url, self._token)
+        code: int | None = None
+        reason = "network error"
+        try:
+            async with trio.open_nursery() as conn:
+                ws = None
+                try:
+                    with trio.fail_after(CONNECT_TIMEOUT_S):
+                        ws = await connect_websocket_url(
+                            conn, url, ssl_context=self._ssl, message_queue_size=MESSAGE_QUEUE,
+                            max_message_size=MAX_MESSAGE)
+                except ConnectionRejected as exc:
+                    log.warning("connection to %s refused: HTTP %s", redact(url), exc.status_code)
+                    self.last_close = f"HTTP {exc.status_code}"
+                    conn.cancel_scope.cancel()
+                    return session.closed(trio.current_time(), http_status=exc.status_code)
+                except (OSError, HandshakeError, trio.TooSlowError) as exc:
+                    log.warning("cannot connect to %s: %s", redact(url), type(exc).__name__)
+                    self.last_close = f"connect failed: {type(exc).__name__}"
+                    conn.cancel_scope.cancel()
+                    return session.closed(trio.current_time(), code=None)
+                code, reason = await self._serve(ws, conn)
+                conn.cancel_scope.cancel()
+        except* (LocalProtocolError, trio.BrokenResourceError, OSError):
+            code, reason = None, "connection broke while closing"  # trio-websocket#184 among others
+        finally:
+            self._ws = None
+            if self.live or self.connection:
+                self.live = False
+        self.last_close = f"{code} {reason}" if code is not None else reason
+        self.inbox.put(LinkDown(self.last_close))
+        return session.closed(trio.current_time(), code=code)
+
+    async def _serve(self, ws, conn: trio.Nursery) -> tuple[int | None, str]:
+        """One open connection: subscribe, read until it ends."""
+        self._ws = ws
+        self.connection += 1
+        log.info("connected to %s (connection %d)", self.endpoints.ws_url, self.connection)
+        self.inbox.put(LinkUp(self.connection))
+        with trio.CancelScope() as self._conn_scope:
+            conn.start_soon(self._watchdog, ws, conn)
+            try:
+                for send in self.session.opened(trio.current_time()):
+                    await self._send_raw(ws, send)
+                return await self._reader(ws)
+            except ConnectionClosed as exc:
+                return _close_of(exc)
+        return None, "no frame received: connection dead"
+
+    async def _send_raw(self, ws, send: Send) -> None:
+        self.session.sent(send, trio.current_time())
+        await ws.send_message(encode_intent(send.intent, send.request_id).decode())
+
+    async def _reader(self, ws) -> tuple[int | None, str]:
+        """Take every message as it comes: decode once, hand over, never wait on the pump."""
+        session, inbox, recorder = self.session, self.inbox, self.recorder
+        get, received, on_event = ws.get_message, session.received, session.on_event
+        put_quote, put_depth, put = inbox.quote, inbox.depth, inbox.put
+        now = trio.current_time
+        while True:
+            try:
+                data = await get()
+            except ConnectionClosed as exc:
+                return _close_of(exc)
+            t = now()
+            received(t)
+            self.messages += 1
+            if recorder is not None:
+                recorder.write(data)
+            try:
+                env = decode_envelope(data)
+            except WireError as exc:
+                self.bad_messages += 1
+                if self.bad_messages <= 10 or self.bad_messages % 1000 == 0:
+                    log.warning("bad message #%d from the server: %s", self.bad_messages, exc)
+                continue
+            event = env.payload
+            kind = type(event)
+            if kind is Quote:
+                put_quote(event)
+                continue
+            if kind is Depth:
+                put_depth(event)
+                continue
+            was_live = session.live
+            sends = on_event(event, env.id, t)
+            if kind is OrderHistory and not was_live:
+                put(OrderHistoryReply(event, complete=len(event.orders) < self._history_limit))
+            else:
+                put(event)
+            if session.failure is not None:
+                self.failure = session.failure.reason
+                log.error("giving up: %s", self.failure)
+                inbox.put(LinkFailed(self.failure))
+                self._closing = True
+                session.stop()
+                await ws.aclose(1000, "client stopping")
+                continue
+            for send in sends:
+                await self._send_raw(ws, send)
+            if not was_live and session.live:
+                self.live = True
+                session.forget_pending()
+                log.info("live: subscribed and reconciled (connection %d)", self.connection)
+                put(LinkLive(self.connection))
+
+    async def _watchdog(self, ws, conn: trio.Nursery) -> None:
+        """PROTOCOL 2: ping after a silence; a connection silent after that is dead."""
+        session = self.session
+        while True:
+            state = session.liveness(trio.current_time())
+            if state is Liveness.PING:
+                conn.start_soon(self._ping, ws)
+            elif state is Liveness.DEAD:
+                log.warning("no frame from the server: connection %d is dead", self.connection)
+                self._conn_scope.cancel()
+                return
+            await trio.sleep_until(session.next_check(trio.current_time()))
+
+    async def _ping(self, ws) -> None:
+        try:
+            await ws.ping()
+        except (ConnectionClosed, LocalProtocolError, trio.BrokenResourceError):
+            return
+        self.session.received(trio.current_time())  # the pong
+
+
+def _close_of(exc: ConnectionClosed) -> tuple[int | None, str]:
+    r = exc.reason
+    return (r.code, r.reason or r.name) if r is not None else (None, "dropped")

@@ -1,0 +1,408 @@
+"""The live runtime: the one trio module of ``engine/``.
+
+One nursery runs the venue link (``adapters.trader_ws.client.TraderClient``,
+handed in by the composition root), the pump and the clock around the same
+sans-IO ``Kernel`` the backtest drives, so a strategy cannot tell live from
+backtest except by the clock.
+
+There is one hop between the socket and the strategies. The link's reader
+decodes each message once and drops it into the ``Inbox``: quotes and depth
+snapshots conflate to the latest per symbol (and are counted when they do);
+account events queue in arrival order and are never dropped. The pump wakes
+at most once per scheduler round, drains everything that is ready (account
+events first, so the book is current when a strategy sees the price), runs the
+kernel and sends what the risk gate approved. The reader never runs strategy
+code, so it never stalls, and a strategy that falls behind sees the latest
+price rather than a backlog.
+
+Fail closed: the gate is REDUCING from the start and after every drop until
+the link reports the book reconciled with the server (``LinkLive``); a link
+that gives up (authentication refused twice) HALTs trading and ends the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from engine import events as ev
+from engine.book import Book
+from engine.clock import WallClock
+from engine.config import RunConfig
+from engine.enums import Side
+from engine.kernel import Kernel
+from engine.report import BacktestResult, TradeRow
+from risk import RiskGate, TradingState
+from strategies.base import Strategy
+
+log = logging.getLogger("triotrade.runtime")
+
+
+# -- what the link tells the pump, in order with the account events ---------------------
+
+
+@attrs.frozen
+class LinkUp:
+    """A connection is open; the book is about to be reconciled."""
+
+    connection: int
+
+
+@attrs.frozen
+class LinkLive:
+    """Subscriptions acknowledged, order history and portfolio applied: trade."""
+
+    connection: int
+
+
+@attrs.frozen
+class LinkDown:
+    """The connection ended; ``reason`` says how. The link reconnects by itself."""
+
+    reason: str
+
+
+@attrs.frozen
+class LinkFailed:
+    """The link gave up (e.g. authentication refused twice): the run ends."""
+
+    reason: str
+
+
+@attrs.frozen
+class OrderHistoryReply:
+    """An ``orderHistory`` reply the link asked for while reconciling.
+    ``complete``: it lists every order of the account (fewer than the limit),
+    so an order still in flight that it lacks never reached the venue."""
+
+    history: ev.OrderHistory
+    complete: bool
+
+
+class Link(Protocol):
+    """What the runtime needs of a venue link (``TraderClient``)."""
+
+    inbox: Inbox
+    live: bool
+
+    def want(self, requests: Sequence) -> None: ...
+    async def send(self, intent) -> bool: ...
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None: ...
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+    def status(self) -> dict: ...
+
+
+class Inbox:
+    """Where the link's reader drops decoded messages and the pump takes them.
+
+    ``quote``/``depth``/``put`` never block and never wait for the pump."""
+
+    __slots__ = ("events", "quotes", "depths", "conflated", "received", "_lot")
+
+    def __init__(self) -> None:
+        self.events: deque = deque()
+        self.quotes: dict[str, ev.Quote] = {}
+        self.depths: dict[str, ev.Depth] = {}
+        self.conflated = 0
+        """Quotes and depth snapshots replaced before the pump took them."""
+        self.received = 0
+        """Quotes and depth snapshots put in."""
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def quote(self, q: ev.Quote) -> None:
+        quotes = self.quotes
+        self.received += 1
+        if q.symbol in quotes:
+            self.conflated += 1
+        quotes[q.symbol] = q
+        if self._lot:
+            self._lot.unpark()
+
+    def depth(self, d: ev.Depth) -> None:
+        depths = self.depths
+        self.received += 1
+        if d.symbol in depths:
+            self.conflated += 1
+        depths[d.symbol] = d
+        if self._lot:
+            self._lot.unpark()
+
+    def put(self, item: Any) -> None:
+        self.events.append(item)
+        if self._lot:
+            self._lot.unpark()
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.quotes or self.depths)
+
+    async def wait(self) -> None:
+        """Return when something is there (at once if it already is)."""
+        if not (self.events or self.quotes or self.depths):
+            await self._lot.park()
+
+
+class LiveRuntime:
+    """The strategies of a config, trading live through ``link``.
+
+    Args:
+        config: the run's configuration.
+        link: the venue link; its ``inbox`` must be ``self.inbox`` (the
+            runtime's ``inbox`` is made first: build the link with it).
+        strategies: already-built strategies (default: built from the config).
+        run_tag: makes this run's ``clientOrderId``s unique for the account.
+        cancel_on_stop: cancel the strategies' working orders at shutdown.
+        stop_deadline_s: how long shutdown waits for those cancels' answers.
+        clock: "now" for the kernel (the wall clock).
+    """
+
+    def __init__(
+        self, config: RunConfig, inbox: Inbox, *, strategies: Sequence[Strategy] | None = None,
+        run_tag: str = "0", cancel_on_stop: bool = True, stop_deadline_s: float = 5.0,
+        clock=None, name: str = "",
+    ) -> None:
+        from engine.backtest import build_strategies  # the same builder as a backtest
+
+        self.config = config
+        self.name = name
+        self.inbox = inbox
+        self.link: Link | None = None
+        self.clock = clock or WallClock()
+        self.instruments = config.instrument_map()
+        self.strategies = list(strategies) if strategies is not None else build_strategies(config)
+        self.quotes: dict[str, ev.Quote] = {}
+        self.book = Book(config.account, config.currency, Decimal(repr(config.balance)),
+                         self.instruments, self.quotes)
+        self.gate = RiskGate(config.risk, self.book, config.account)
+        self.gate.set_state(TradingState.REDUCING, "not connected yet")
+        self.kernel = Kernel(
+            account_id=config.account, book=self.book, gate=self.gate, strategies=self.strategies,
+            clock=self.clock, quotes=self.quotes, run_tag=run_tag, cancel_on_stop=cancel_on_stop,
+        )
+        self.kernel.reconciling = True
+        self.stop_deadline_s = stop_deadline_s
+        self.outbox: list = []
+        """Approved intents waiting for the link to be live (sent in order then)."""
+        self.failure: str | None = None
+        self.started_at: datetime | None = None
+        self.equity: list[tuple[datetime, float]] = []
+        self.connections = 0
+        self.quotes_handled = 0
+        self._exposed = 0
+        self._stop = trio.Event()
+        self._stopped = trio.Event()
+        self._shutdown_scope: trio.CancelScope | None = None
+        self._aborted = False
+
+    # -- running -----------------------------------------------------------
+    def request_stop(self) -> None:
+        """Begin an orderly shutdown (Ctrl-C / SIGTERM)."""
+        self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    @property
+    def aborted(self) -> bool:
+        return self._aborted
+
+    def abort(self) -> None:
+        """Cut an orderly shutdown short (a second Ctrl-C)."""
+        self._aborted = True
+        if self._shutdown_scope is not None:
+            self._shutdown_scope.cancel()
+
+    async def run(self, link: Link, *, task_status=trio.TASK_STATUS_IGNORED) -> BacktestResult:
+        """Trade until ``request_stop`` (or the link fails); returns the run's summary.
+
+        ``task_status.started(self)`` once the link's connection loop and the
+        pump are running (not necessarily connected yet)."""
+        self.link = link
+        self.started_at = self.clock.now
+        self.outbox.extend(self.kernel.start())
+        link.want(self.kernel.subscriptions())
+        self._sample()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._link_task, link)
+            nursery.start_soon(self._pump)
+            nursery.start_soon(self._ticker)
+            task_status.started(self)
+            await self._stop.wait()
+            await self._shutdown()
+            nursery.cancel_scope.cancel()
+        self._stopped.set()
+        return self.summary()
+
+    async def _link_task(self, link: Link, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        await link.run(task_status=task_status)
+        self._stop.set()  # the link ended: it failed, or it was closed
+
+    async def _shutdown(self) -> None:
+        """``on_stop``, cancel working orders, wait for their answers, close with 1000."""
+        with trio.CancelScope(shield=True) as self._shutdown_scope:
+            if self._aborted:
+                return
+            with trio.move_on_after(self.stop_deadline_s):
+                await self._send_all(self.kernel.stop())
+                while self.link.live and self.book.working_orders():
+                    await trio.sleep(0.01)
+            left = self.book.working_orders()
+            if left:
+                log.warning("stopping with %d working orders (no answer within %.1f s)",
+                            len(left), self.stop_deadline_s)
+            self._sample()
+            with trio.move_on_after(2):
+                await self.link.close(1000, "client stopping")
+
+    # -- the pump ------------------------------------------------------------
+    async def _pump(self) -> None:
+        inbox, kernel = self.inbox, self.kernel
+        events = inbox.events
+        on_event, on_quote, on_depth = kernel.on_event, kernel.on_quote, kernel.on_depth
+        while True:
+            await inbox.wait()
+            out: list = []
+            while events:
+                item = events.popleft()
+                if isinstance(item, ev.Event):
+                    out += on_event(item)
+                else:
+                    out += self._on_link(item)
+            if inbox.depths:
+                depths, inbox.depths = inbox.depths, {}
+                for d in depths.values():
+                    out += on_depth(d)
+            if inbox.quotes:
+                quotes, inbox.quotes = inbox.quotes, {}
+                self.quotes_handled += len(quotes)
+                for q in quotes.values():
+                    intents = on_quote(q)
+                    if intents:
+                        out += intents
+            if out:
+                await self._send_all(out)
+
+    def _on_link(self, item) -> list:
+        gate, kernel = self.gate, self.kernel
+        if type(item) is OrderHistoryReply:
+            differences = self.book.reconcile_orders(item.history, complete=item.complete)
+            for d in differences:
+                log.info("reconciled: %s", d)
+            return []
+        if type(item) is LinkUp:
+            self.connections += 1
+            kernel.reconciling = True
+            if gate.state is not TradingState.HALTED:
+                gate.set_state(TradingState.REDUCING, "connected: reconciling with the server")
+            return []
+        if type(item) is LinkLive:
+            kernel.reconciling = False
+            if gate.state is TradingState.REDUCING:
+                gate.set_state(TradingState.ACTIVE, "reconciled with the server")
+            out, self.outbox = self.outbox, []
+            return out
+        if type(item) is LinkDown:
+            kernel.reconciling = True
+            if gate.state is not TradingState.HALTED:
+                gate.set_state(TradingState.REDUCING, f"connection lost: {item.reason}")
+            return []
+        if type(item) is LinkFailed:
+            self.failure = item.reason
+            gate.set_state(TradingState.HALTED, item.reason)
+            self._stop.set()
+            return []
+        return []
+
+    async def _send_all(self, intents) -> None:
+        link = self.link
+        for intent in intents:
+            if link.live and not self.outbox:
+                await link.send(intent)
+            else:
+                self.outbox.append(intent)
+
+    # -- wall-clock work -----------------------------------------------------
+    async def _ticker(self) -> None:
+        """Strategy timers on the wall clock; the gate's loss limits each second."""
+        kernel, clock = self.kernel, self.clock
+        next_update = trio.current_time() + 1.0
+        while True:
+            now = clock.now
+            out = list(kernel.run_timers(now))
+            if trio.current_time() >= next_update:
+                next_update += 1.0
+                self._sample()
+                for intent in self.gate.update(now):
+                    kernel.submit(None, intent)
+                out += kernel._take()
+            if out:
+                await self._send_all(out)
+            due = kernel.next_timer
+            wait = 0.05 if due is None else (due - clock.now).total_seconds()
+            await trio.sleep(min(max(wait, 0.0), next_update - trio.current_time(), 0.05))
+
+    def _sample(self) -> None:
+        self.equity.append((self.clock.now, self.book.equity()))
+        self._exposed += bool(self.book.ledger.positions)
+
+    # -- reporting -----------------------------------------------------------
+    def status(self) -> dict:
+        """Figures for the status line / structured log."""
+        book = self.book
+        link = self.link.status() if self.link is not None else {}
+        return {
+            **link,
+            "risk": str(self.gate.state),
+            "quotes": self.inbox.received,
+            "conflated": self.inbox.conflated,
+            "open_orders": len(book.working_orders()),
+            "positions": {p.symbol: (p.quantity if p.side == "LONG" else -p.quantity)
+                          for p in book.positions()},
+            "balance": round(book.balance, 2),
+            "equity": round(book.equity(), 2),
+            "orders": self.kernel.orders_sent,
+            "fills": self.kernel.fills,
+            "denials": self.kernel.denials,
+            "rejections": self.kernel.rejections,
+        }
+
+    def summary(self) -> BacktestResult:
+        """The run as a ``BacktestResult``: the same table and files as a backtest."""
+        book, kernel = self.book, self.kernel
+        strategy_of = {cid: s.name for cid, s in kernel._owner.items()}
+        cid_of = {o.order_id: o.client_order_id for o in book.all_orders()}
+        buy, sell = Side.BUY.value, Side.SELL.value
+        trades = tuple(
+            TradeRow(ts, symbol, buy if is_buy else sell, float(qty), float(price), float(fee),
+                     float(pnl), order_id, position_id, cid_of.get(order_id),
+                     strategy_of.get(cid_of.get(order_id)))
+            for _, order_id, position_id, symbol, is_buy, qty, price, fee, pnl, ts
+            in book.ledger.deal_rows()
+        )
+        equity = tuple(self.equity)
+        exposure = self._exposed / len(equity) if equity else 0.0
+        return BacktestResult(
+            config_name=self.name, feed="live", strategies=tuple(s.name for s in self.strategies),
+            currency=self.config.currency, start=self.started_at, end=self.clock.now,
+            initial_balance=self.config.balance, final_balance=book.balance,
+            final_equity=book.equity(), equity=equity, exposure=exposure, trades=trades,
+            closed_positions_pnl=tuple(float(p) for p in book.ledger.closed_pnls()),
+            fees=float(book.ledger.commission_paid), orders=kernel.orders_sent, fills=kernel.fills,
+            denials=dict(sorted(self.gate.statistics().get("denials", {}).items())),
+            rejections=dict(sorted(book.statistics().get("rejections_by_reason", {}).items())),
+            feed_stats={"quotes": self.inbox.received, "conflated": self.inbox.conflated,
+                        "connections": self.connections,
+                        "link": self.link.status() if self.link is not None else {}},
+            quotes=self.inbox.received,
+        )
