@@ -167,6 +167,8 @@ class Backtest:
 
     def _send(self, intents) -> None:
         """Hand approved intents to the venue and feed its replies back, until quiet."""
+        if not intents:  # timers mostly return nothing
+            return
         submit, on_event = self.venue.submit, self.kernel.on_event
         queue = list(intents)
         for intent in queue:  # a list's iterator also takes what is appended meanwhile: FIFO

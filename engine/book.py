@@ -272,11 +272,8 @@ class Book:
     def _book_fill(self, order: Order, ev: Execution, qty: Decimal, price: Decimal,
                    commission: Decimal, deal_prefix: str) -> None:
         self._fill_ev, self._deal_prefix, self._deal_count = ev, deal_prefix, 0
-        self.ledger.apply_fill(
-            order_id=ev.order_id, symbol=ev.symbol, side=ev.side, quantity=qty, price=price,
-            ts=ev.ts, new_position_id=self._position_id_cb, new_deal_id=self._deal_id_cb,
-            commission=commission,
-        )
+        self.ledger.fill(ev.order_id, ev.symbol, ev.side, qty, price, ev.ts,
+                         self._position_id_cb, self._deal_id_cb, None, commission)
         booked_qty, booked_value = self._booked_qty, self._booked_value
         booked_qty[order] = booked_qty.get(order, ZERO) + qty
         booked_value[order] = booked_value.get(order, ZERO) + qty * price
@@ -553,10 +550,22 @@ class BookView:
     live objects: read them, never change them.
     """
 
-    __slots__ = ("_book",)
+    # The reads strategies and the gate make per order are the book's own
+    # bound methods (and its instruments mapping), held in slots: a call
+    # through a forwarding method would cost a second Python call each time.
+    __slots__ = ("_book", "instruments", "quote", "net_quantity", "working_orders", "order",
+                 "order_by_client_id", "position_of", "position_ids")
 
     def __init__(self, book: Book) -> None:
         self._book = book
+        self.instruments: Mapping[str, Instrument] = book.instruments
+        self.quote = book.quote
+        self.net_quantity = book.net_quantity
+        self.working_orders = book.working_orders
+        self.order = book.order
+        self.order_by_client_id = book.order_by_client_id
+        self.position_of = book.position_of
+        self.position_ids = book.position_ids
 
     @property
     def account_id(self) -> str:
@@ -565,10 +574,6 @@ class BookView:
     @property
     def currency(self) -> str:
         return self._book.currency
-
-    @property
-    def instruments(self) -> Mapping[str, Instrument]:
-        return self._book.instruments
 
     @property
     def balance(self) -> float:
@@ -582,35 +587,14 @@ class BookView:
     def needs_reconcile(self) -> bool:
         return self._book.needs_reconcile
 
-    def order(self, order_id: str) -> Order | None:
-        return self._book.order(order_id)
-
-    def order_by_client_id(self, client_order_id: str) -> Order | None:
-        return self._book.order_by_client_id(client_order_id)
-
     def all_orders(self) -> list[Order]:
         return self._book.all_orders()
-
-    def working_orders(self, symbol: str | None = None) -> list[Order]:
-        return self._book.working_orders(symbol)
 
     def position(self, symbol: str) -> events.Position | None:
         return self._book.position(symbol)
 
     def positions(self) -> tuple[events.Position, ...]:
         return self._book.positions()
-
-    def net_quantity(self, symbol: str) -> float:
-        return self._book.net_quantity(symbol)
-
-    def position_of(self, position_id: str) -> tuple[str, float] | None:
-        return self._book.position_of(position_id)
-
-    def position_ids(self) -> list[str]:
-        return self._book.position_ids()
-
-    def quote(self, symbol: str) -> Quote | None:
-        return self._book.quote(symbol)
 
     def rate(self, symbol: str) -> float:
         return self._book.rate(symbol)

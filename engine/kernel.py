@@ -32,6 +32,7 @@ from strategies.base import Strategy
 
 _NONE: tuple = ()
 _CreateOrder = it.CreateOrder
+_NO_HOOK = Strategy.on_execution
 
 
 @attrs.frozen
@@ -242,7 +243,9 @@ class Kernel:
             cid = event.client_order_id
             owner = self._owner.get(cid) if cid else None
             for s in (owner,) if owner is not None else self._exec_subs.get(event.symbol, _NONE):
-                self._call(s, "on_execution", event)
+                # the base class's hook does nothing: skip the call (two per order)
+                if type(s).on_execution is not _NO_HOOK or "on_execution" in s.__dict__:
+                    self._call(s, "on_execution", event)
             if event.last_quantity:
                 self.fills += 1
                 for intent in self.gate.update(self.clock.now):

@@ -226,6 +226,23 @@ class Ledger:
         ``commission``, booked on the last deal (the local book's way: it only
         knows the event's total). Raises UsageError on a quantity <= 0.
         """
+        rows = self._deal_rows
+        n = len(rows)
+        self.fill(order_id, symbol, side, quantity, price, ts, new_position_id, new_deal_id,
+                  commission_per_million, commission)
+        return [_new(DealRecord, (r[0], r[1], r[2], r[3], side, *r[5:])) for r in rows[n:]]
+
+    def fill(
+        self, order_id: str, symbol: str, side: Side, quantity: Decimal, price: Decimal,
+        ts: datetime, new_position_id: Callable[[], str], new_deal_id: Callable[[], str],
+        commission_per_million: Decimal | None = None, commission: Decimal | None = None,
+    ) -> tuple[str, Decimal]:
+        """``apply_fill`` for the hot paths (the venue's and the book's, once
+        per fill each): positional, and no record built that nobody reads.
+
+        Returns the last deal's position id and the fill's total commission
+        (the sum of its deals' commissions).
+        """
         if type(quantity) is not Decimal:
             quantity = dec(quantity)
         if type(price) is not Decimal:
@@ -265,8 +282,7 @@ class Ledger:
                                     fee, ZERO, ts))
             self.balance += ZERO - fee
             self.commission_paid += fee  # realized_pnl += 0 would change nothing
-            return [_new(DealRecord, (deal_id, order_id, position_id, symbol, side, quantity,
-                                      price, fee, ZERO, ts))]
+            return position_id, fee
 
         # reducing, closing or flipping
         held = pos.quantity
@@ -318,10 +334,9 @@ class Ledger:
         self.realized_pnl += realized
         if fee is not ZERO:
             self.commission_paid += fee
-        deal = _new(DealRecord, (deal_id, order_id, position_id, symbol, side, closing, price, fee,
-                                 realized, ts))
         if rest is None:
-            return [deal]
+            return position_id, fee
+        first_fee = fee
         if commission is not None:
             fee = commission if type(commission) is Decimal else dec(commission)
         elif commission_per_million:
@@ -335,8 +350,7 @@ class Ledger:
         rows.append((deal_id, order_id, new_id, symbol, buy, rest, price, fee, ZERO, ts))
         self.balance += ZERO - fee
         self.commission_paid += fee
-        return [deal, _new(DealRecord, (deal_id, order_id, new_id, symbol, side, rest, price, fee,
-                                        ZERO, ts))]
+        return new_id, first_fee + fee
 
     @property
     def deals(self) -> list[DealRecord]:
@@ -460,7 +474,10 @@ class Ledger:
         if symbol is not None:
             pos = self.positions.get(symbol)
             return self.position_unrealized(pos) if pos is not None else ZERO
-        return sum((self.position_unrealized(p) for p in self.positions.values()), ZERO)
+        total = ZERO  # what sum(..., ZERO) adds, in its order, without a generator
+        for p in self.positions.values():
+            total += self.position_unrealized(p)
+        return total
 
     def equity(self) -> Decimal:
         return self.balance + self.unrealized()

@@ -78,11 +78,17 @@ class SyntheticMarket:
 
 @attrs.frozen(kw_only=True)
 class ReplayMarket:
-    """Recorded feeds; ``speed`` null replays as fast as the slowest client reads."""
+    """Recorded feeds; ``speed`` null replays as fast as the slowest client reads.
+
+    ``step: true`` (lock-step, for tests): each event waits until released by
+    ``SimServer.step(n)`` or ``POST /admin/faults {"action": "step", "events": n}``,
+    and ``speed`` is ignored, so a client can finish reacting to one quote
+    before the next one exists (the live/backtest parity test)."""
 
     feed: tuple[str, ...] = attrs.field(validator=non_empty)
     speed: float | None = attrs.field(default=1.0, validator=positive)
     loop: bool = True
+    step: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -234,6 +240,7 @@ def embedded_sim_config(
         "market": {"synthetic": {"symbols": list(symbols), "seed": seed, "rate_per_s": rate_per_s}},
         "venue": dict(venue or {}),
         "auth": {"secret_env": None},
+        "server": {"shutdown_grace_s": 0.5},
         "store": MEMORY,
     }
     return sim_config_from_dict(data)

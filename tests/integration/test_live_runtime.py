@@ -1,0 +1,205 @@
+"""The live runtime against the real paper-trading server on loopback.
+
+Each test starts ``SimServer`` on a free port in its own nursery and runs a
+``LiveRuntime`` over a ``TraderClient`` to it, as ``triotrade run`` does:
+login over HTTP, the WebSocket, subscriptions, the reconciliation, trading,
+the orderly stop. The market is synthetic and fast; every test has a
+``fail_after``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from adapters.sim.auth import hash_password
+from adapters.sim.server import SimServer
+from adapters.sim.simconfig import sim_config_from_dict
+from adapters.trader_ws.client import TraderClient
+from engine.config import config_from_dict
+from engine.events import Quote
+from engine.runtime import Inbox, LiveRuntime
+from risk import TradingState
+from strategies import Strategy
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {"LIVE_TEST_SECRET": "k" * 40}
+
+
+def sim_dict(**over) -> dict:
+    base = {
+        "users": [{"username": "alice", "password_hash": hash_password("pw", iterations=1000),
+                   "accounts": ["A1"]}],
+        "accounts": [{"id": "A1", "balance": 100_000}],
+        "market": {"synthetic": {"symbols": ["EURUSD", "GBPUSD"], "seed": 5, "rate_per_s": 200}},
+        "auth": {"secret_env": "LIVE_TEST_SECRET"},
+        "hub": {"rate_per_s": 1000, "burst": 1000},
+        "server": {"admin": True, "shutdown_grace_s": 0.5},
+    }
+    base.update(over)
+    return base
+
+
+def run_config(**risk) -> object:
+    return config_from_dict({
+        "account": "A1", "balance": 100_000,
+        "strategies": [{"class": "strategies.sma_cross:SmaCross", "symbols": ["EURUSD"]}],
+        "risk": {"quote_max_age_ms": 60_000, "max_order_qty": 1_000_000, **risk},
+    })
+
+
+class Scripted(Strategy):
+    """Does what the test asks, on the next quote of its symbol."""
+
+    def on_start(self) -> None:
+        self.subscribe(self.symbols)
+        self.todo: list = []
+        self.quotes = 0
+        self.executions: list = []
+        self.rejects: list = []
+        self.stopped = False
+
+    def on_quote(self, q: Quote) -> None:
+        self.quotes += 1
+        while self.todo:
+            self.todo.pop(0)(self, q)
+
+    def on_execution(self, e) -> None:
+        self.executions.append(e)
+
+    def on_reject(self, r) -> None:
+        self.rejects.append(r)
+
+    def on_stop(self) -> None:
+        self.stopped = True
+
+
+async def wait_for(cond, timeout: float = 5.0) -> None:
+    with trio.fail_after(timeout):
+        while not cond():
+            await trio.sleep(0.01)
+
+
+async def start(nursery, server: SimServer, strategy: Strategy, **client_kw):
+    """A runtime trading ``strategy`` on ``server``; returns (runtime, client) once live."""
+    inbox = Inbox()
+    runtime = LiveRuntime(run_config(), inbox, strategies=[strategy], run_tag="t", stop_deadline_s=2)
+    client = TraderClient(f"ws://127.0.0.1:{server.port}/api/v1/ws", "alice", "pw", "A1", inbox,
+                          **client_kw)
+    nursery.start_soon(runtime.run, client)
+    await wait_for(lambda: runtime.gate.state is TradingState.ACTIVE)
+    return runtime, client
+
+
+async def test_trades_live_and_the_book_agrees_with_the_server():
+    with trio.fail_after(20):
+        server = SimServer(sim_config_from_dict(sim_dict()), ENV)
+        strategy = Scripted(name="s", symbols=["EURUSD"])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve)
+            runtime, client = await start(nursery, server, strategy)
+            strategy.todo.append(lambda s, q: s.buy("EURUSD", 10_000))
+            await wait_for(lambda: runtime.book.net_quantity("EURUSD") == 10_000)
+            strategy.todo.append(lambda s, q: s.sell("EURUSD", 4_000))
+            await wait_for(lambda: runtime.book.net_quantity("EURUSD") == 6_000)
+            venue = server.engine.accounts["A1"].ledger
+            assert float(venue.positions["EURUSD"].quantity) == 6_000
+            assert runtime.book.balance == float(venue.balance)
+            assert [e.status for e in strategy.executions] == ["NEW", "FILLED", "NEW", "FILLED"]
+            assert runtime.status()["fills"] == 2
+            runtime.request_stop()
+            await wait_for(lambda: runtime.stopped)
+            assert strategy.stopped
+            nursery.cancel_scope.cancel()
+        summary = runtime.summary()
+        assert summary.orders == 2 and summary.fills == 2
+        assert sum(t.quantity if t.side == "BUY" else -t.quantity for t in summary.trades) == 6_000
+
+
+async def test_orders_wait_for_the_reconciliation_and_risk_denials_reach_the_strategy():
+    with trio.fail_after(20):
+        server = SimServer(sim_config_from_dict(sim_dict()), ENV)
+        strategy = Scripted(name="s", symbols=["EURUSD"])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve)
+            runtime, client = await start(nursery, server, strategy)
+            # the first quote came only after the subscriptions were acknowledged
+            assert client.session.live and runtime.connections == 1
+            strategy.todo.append(lambda s, q: s.buy("EURUSD", 10_000_000))  # over max_order_qty
+            await wait_for(lambda: strategy.rejects)
+            assert strategy.rejects[0].reason == "MAX_ORDER_QTY"
+            assert not server.engine.accounts["A1"].orders  # nothing denied reached the venue
+            runtime.request_stop()
+            nursery.cancel_scope.cancel()
+
+
+async def test_stop_cancels_working_orders_and_waits_for_the_answers():
+    with trio.fail_after(20):
+        server = SimServer(sim_config_from_dict(sim_dict()), ENV)
+        strategy = Scripted(name="s", symbols=["EURUSD"])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve)
+            runtime, client = await start(nursery, server, strategy)
+            strategy.todo.append(lambda s, q: s.buy("EURUSD", 1_000, price=round(q.bid * 0.9, 5)))
+            await wait_for(lambda: [o for o in runtime.book.working_orders() if o.order_id])
+            runtime.request_stop()
+            await wait_for(lambda: runtime.stopped)
+            (order,) = server.engine.accounts["A1"].orders.values()
+            assert order.status == "CANCELLED" and order.reason == "CLIENT"
+            assert not runtime.book.working_orders()
+            await wait_for(lambda: not server.sessions)  # closed with 1000: the server let it go
+            assert client.last_close.startswith("1000")
+            nursery.cancel_scope.cancel()
+
+
+async def test_conflation_counts_quotes_a_busy_strategy_never_saw():
+    inbox = Inbox()
+    q1 = Quote("EURUSD", 1.1, 1.2, trio_ts())
+    q2 = Quote("EURUSD", 1.1, 1.3, trio_ts())
+    q3 = Quote("GBPUSD", 1.3, 1.4, trio_ts())
+    for q in (q1, q2, q3):
+        inbox.quote(q)
+    inbox.put("event")
+    assert inbox.received == 3 and inbox.conflated == 1
+    assert list(inbox.quotes.values()) == [q2, q3] and list(inbox.events) == ["event"]
+    await inbox.wait()  # something is there: returns at once
+
+
+def trio_ts():
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="signals")
+def test_triotrade_run_venue_sim_trades_and_exits_zero_on_sigterm(tmp_path):
+    """The README's live command: the embedded simulator, a status log, SIGTERM, the summary."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "run", str(ROOT / "configs/sma_cross.yaml"), "--venue", "sim",
+         "--log-json", "--out", str(tmp_path / "out")],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        import time
+
+        deadline = time.monotonic() + 30
+        lines = []
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if "live: subscribed and reconciled" in line:
+                break
+        else:
+            pytest.fail("never went live:\n" + "".join(lines))
+        time.sleep(1.0)
+        proc.terminate()  # SIGTERM: an orderly stop
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "Final equity" in out
+    assert (tmp_path / "out" / "summary.json").exists()
+    assert "token=" not in "".join(lines) + err  # the WebSocket URL is never logged with its token
