@@ -87,6 +87,8 @@ async def run_live(
         runtime = LiveRuntime(config, inbox, run_tag=f"{int(time.time()):x}",
                               cancel_on_stop=v.cancel_on_stop, name=name)
         recorder = Recorder(record) if record is not None else None
+        if recorder is not None:
+            await nursery.start(recorder.run)  # flushes a quiet feed each second too
         client = TraderClient(
             v.url, v.username, v.password, config.account, inbox,
             ping_after_s=v.ping_interval_s, dead_after_s=v.dead_after_s, recorder=recorder)
@@ -137,6 +139,7 @@ async def record_feed(
     async with trio.open_nursery() as nursery:
         v = await start_venue(nursery, venue, section, account=account, symbols=symbols)
         with Recorder(out) as recorder:
+            await nursery.start(recorder.run)
             client = TraderClient(v.url, v.username, v.password, account, Inbox(),
                                   ping_after_s=v.ping_interval_s, dead_after_s=v.dead_after_s,
                                   recorder=recorder, reconcile=False)

@@ -104,10 +104,15 @@ class Inbox:
 
     ``quote``/``depth``/``put`` never block and never wait for the pump."""
 
-    __slots__ = ("events", "quotes", "depths", "conflated", "received", "_lot")
+    __slots__ = ("events", "quotes", "depths", "conflated", "received", "limit", "_lot")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 10_000) -> None:
         self.events: deque = deque()
+        self.limit = limit
+        """Account events queued beyond this make the reader wait (``full``):
+        the socket then backs up, and the server conflates quotes or drops the
+        connection, which the reconciliation after the reconnect makes whole.
+        Nothing is dropped here."""
         self.quotes: dict[str, ev.Quote] = {}
         self.depths: dict[str, ev.Depth] = {}
         self.conflated = 0
@@ -138,6 +143,15 @@ class Inbox:
         self.events.append(item)
         if self._lot:
             self._lot.unpark()
+
+    @property
+    def full(self) -> bool:
+        return len(self.events) >= self.limit
+
+    async def drained(self) -> None:
+        """Wait until the pump has taken the queue below its limit."""
+        while len(self.events) >= self.limit:
+            await trio.sleep(0.001)
 
     def __bool__(self) -> bool:
         return bool(self.events or self.quotes or self.depths)
@@ -234,9 +248,9 @@ class LiveRuntime:
         link.want(self.kernel.subscriptions())
         self._sample()
         async with trio.open_nursery() as nursery:
+            await nursery.start(self._pump)
+            await nursery.start(self._ticker)
             await nursery.start(self._link_task, link)
-            nursery.start_soon(self._pump)
-            nursery.start_soon(self._ticker)
             task_status.started(self)
             await self._stop.wait()
             await self._shutdown()
@@ -266,10 +280,11 @@ class LiveRuntime:
                 await self.link.close(1000, "client stopping")
 
     # -- the pump ------------------------------------------------------------
-    async def _pump(self) -> None:
+    async def _pump(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         inbox, kernel = self.inbox, self.kernel
         events = inbox.events
         on_event, on_quote, on_depth = kernel.on_event, kernel.on_quote, kernel.on_depth
+        task_status.started()
         while True:
             await inbox.wait()
             out: list = []
@@ -333,10 +348,11 @@ class LiveRuntime:
                 self.outbox.append(intent)
 
     # -- wall-clock work -----------------------------------------------------
-    async def _ticker(self) -> None:
+    async def _ticker(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Strategy timers on the wall clock; the gate's loss limits each second."""
         kernel, clock = self.kernel, self.clock
         next_update = trio.current_time() + 1.0
+        task_status.started()
         while True:
             now = clock.now
             out = list(kernel.run_timers(now))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import ssl
 from collections.abc import Callable, Sequence
 
@@ -32,6 +33,20 @@ from engine.events import Depth, OrderHistory, Quote
 from engine.runtime import Inbox, LinkDown, LinkFailed, LinkLive, LinkUp, OrderHistoryReply
 
 log = logging.getLogger("triotrade.trader_ws")
+
+
+class _RedactTokens(logging.Filter):
+    """trio-websocket logs the handshake's URL at DEBUG, token included: never let it out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message:
+            record.msg, record.args = _TOKEN.sub(r"\1***", message), ()
+        return True
+
+
+_TOKEN = re.compile(r"(token=)[^&\s'\"]+")
+logging.getLogger("trio-websocket").addFilter(_RedactTokens())
 
 CONNECT_TIMEOUT_S = 10.0
 MESSAGE_QUEUE = 4096
@@ -270,6 +285,8 @@ class TraderClient:
                 put(OrderHistoryReply(event, complete=len(event.orders) < self._history_limit))
             else:
                 put(event)
+            if inbox.full:  # the pump is stuck far behind: back up the socket, drop nothing
+                await inbox.drained()
             if session.failure is not None:
                 self.failure = session.failure.reason
                 log.error("giving up: %s", self.failure)

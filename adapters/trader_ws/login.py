@@ -43,6 +43,7 @@ __all__ = [
 LOGIN_PATH = "/api/v1/login"
 _HTTP = {"wss": "https", "ws": "http"}
 _TOKEN = re.compile(r"([?&]token=)[^&#]*")
+_USERINFO = re.compile(r"//[^/?#]*@")
 _MAX_DETAIL = 200  # characters of a server's error text kept in a message
 
 
@@ -78,31 +79,32 @@ def endpoints(url: str, *, key: str = "venue.url") -> Endpoints:
     if not isinstance(url, str) or not url.strip():
         raise ConfigError(key, "the venue URL is empty; expected wss://host[:port]/api/v1/ws")
     url = url.strip()
+    shown = _USERINFO.sub("//***@", redact(url))  # what an error may quote
     try:
         parts = urlsplit(url)
         port = parts.port  # a bad port raises here
     except ValueError as exc:
-        raise ConfigError(key, f"not a valid URL ({exc}): {url!r}") from None
+        raise ConfigError(key, f"not a valid URL ({exc}): {shown!r}") from None
     scheme = parts.scheme.lower()
     if scheme not in _HTTP:
         raise ConfigError(
-            key, f"the venue URL must start with wss:// (ws:// on loopback only), got {url!r}"
+            key, f"the venue URL must start with wss:// (ws:// on loopback only), got {shown!r}"
         )
     if parts.username is not None or parts.password is not None:
         raise ConfigError(key, "the venue URL must not hold credentials (user:password@)")
     host = parts.hostname
     if not host:
-        raise ConfigError(key, f"the venue URL has no host: {url!r}")
+        raise ConfigError(key, f"the venue URL has no host: {shown!r}")
     if parts.query or "?" in url:
         raise ConfigError(key, "the venue URL must not have a query string (the token is added at connect)")
     if parts.fragment or "#" in url:
-        raise ConfigError(key, f"the venue URL must not have a fragment: {url!r}")
+        raise ConfigError(key, f"the venue URL must not have a fragment: {shown!r}")
     if scheme == "ws" and not is_loopback(host):
         raise ConfigError(
             key, f"ws:// is unencrypted and allowed only for a loopback host; use wss://{parts.netloc}"
         )
     if port == 0:
-        raise ConfigError(key, f"the venue URL has port 0: {url!r}")
+        raise ConfigError(key, f"the venue URL has port 0: {shown!r}")
     ws_url = parts._replace(scheme=scheme).geturl()
     login_url = f"{_HTTP[scheme]}://{parts.netloc}{LOGIN_PATH}"
     return Endpoints(ws_url, login_url)

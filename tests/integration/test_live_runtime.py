@@ -156,6 +156,59 @@ async def test_stop_cancels_working_orders_and_waits_for_the_answers():
             nursery.cancel_scope.cancel()
 
 
+async def test_a_symbol_without_quotes_is_blocked_while_others_trade(caplog):
+    caplog.set_level("DEBUG")
+    with trio.fail_after(20):
+        # the server quotes EURUSD only; GBPUSD is listed but its feed is silent
+        server = SimServer(sim_config_from_dict(sim_dict(
+            market={"synthetic": {"symbols": ["EURUSD"], "seed": 5, "rate_per_s": 200}})), ENV)
+        strategy = Scripted(name="s", symbols=["EURUSD"])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve)
+            inbox = Inbox()
+            config = run_config(stale_quote_ms=2_000)
+            runtime = LiveRuntime(config, inbox, strategies=[strategy], run_tag="t")
+            client = TraderClient(f"ws://127.0.0.1:{server.port}/api/v1/ws", "alice", "pw", "A1", inbox)
+            nursery.start_soon(runtime.run, client)
+            await wait_for(lambda: runtime.gate.state is TradingState.ACTIVE)
+            strategy.todo.append(lambda s, q: (s.buy("GBPUSD", 1_000), s.buy("EURUSD", 1_000)))
+            await wait_for(lambda: runtime.book.net_quantity("EURUSD") == 1_000)
+            assert [r.reason for r in strategy.rejects] == ["STALE_SYMBOL"]
+            assert runtime.book.net_quantity("GBPUSD") == 0
+            token = client._token
+            runtime.request_stop()
+            await wait_for(lambda: runtime.stopped)
+            nursery.cancel_scope.cancel()
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "connected to ws://127.0.0.1" in logged
+    assert token not in logged and "pw" not in logged.split()
+
+
+async def test_a_second_stop_cuts_the_orderly_shutdown_short():
+    with trio.fail_after(20):
+        server = SimServer(sim_config_from_dict(sim_dict()), ENV)
+        strategy = Scripted(name="s", symbols=["EURUSD"])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve)
+            inbox = Inbox()
+            runtime = LiveRuntime(run_config(), inbox, strategies=[strategy], run_tag="t",
+                                  stop_deadline_s=30)
+            client = TraderClient(f"ws://127.0.0.1:{server.port}/api/v1/ws", "alice", "pw", "A1", inbox)
+            nursery.start_soon(runtime.run, client)
+            await wait_for(lambda: runtime.gate.state is TradingState.ACTIVE)
+            strategy.todo.append(lambda s, q: s.buy("EURUSD", 1_000, price=round(q.bid * 0.9, 5)))
+            await wait_for(lambda: [o for o in runtime.book.working_orders() if o.order_id])
+            server.faults.exec_delay_s = 60  # the cancel's answer will not come in time
+            runtime.request_stop()
+            await trio.sleep(0.3)
+            assert not runtime.stopped  # waiting for the cancel's answer (deadline 30 s)
+            with trio.fail_after(2):
+                runtime.abort()
+                await wait_for(lambda: runtime.stopped)
+            assert runtime.aborted
+            nursery.cancel_scope.cancel()
+
+
 async def test_conflation_counts_quotes_a_busy_strategy_never_saw():
     inbox = Inbox()
     q1 = Quote("EURUSD", 1.1, 1.2, trio_ts())
@@ -203,3 +256,18 @@ def test_triotrade_run_venue_sim_trades_and_exits_zero_on_sigterm(tmp_path):
     assert "Final equity" in out
     assert (tmp_path / "out" / "summary.json").exists()
     assert "token=" not in "".join(lines) + err  # the WebSocket URL is never logged with its token
+
+
+def test_triotrade_record_writes_a_feed_the_backtest_reads(tmp_path):
+    from adapters.replay import FeedReader
+
+    out = tmp_path / "rec.jsonl.gz"
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "record", "--venue", "sim", "--symbols", "EURUSD,GBPUSD",
+         "--depth", "3", "--out", str(out), "--duration", "1.5"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    reader = FeedReader(out)
+    events = [e for batch in reader.batches() for e in batch]
+    assert {e.symbol for e in events} == {"EURUSD", "GBPUSD"}
+    assert reader.stats.quotes and reader.stats.depths and not reader.stats.malformed
