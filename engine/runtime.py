@@ -44,6 +44,10 @@ from strategies.base import Strategy
 
 log = logging.getLogger("triotrade.runtime")
 
+RESYNC_S = 5.0
+"""At most one order-history resync per this many seconds."""
+_DISAGREES = "book disagrees"  # how the kernel words the REDUCING it sets (kernel._book_disagrees)
+
 
 # -- what the link tells the pump, in order with the account events ---------------------
 
@@ -94,6 +98,7 @@ class Link(Protocol):
 
     def want(self, requests: Sequence) -> None: ...
     async def send(self, intent) -> bool: ...
+    async def resync(self) -> None: ...
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None: ...
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
     def status(self) -> dict: ...
@@ -212,6 +217,8 @@ class LiveRuntime:
         self._stop = trio.Event()
         self._stopped = trio.Event()
         self._shutdown_scope: trio.CancelScope | None = None
+        self._resync_at = float("-inf")
+        self.resync_interval_s = RESYNC_S
         self._aborted = False
 
     # -- running -----------------------------------------------------------
@@ -292,6 +299,8 @@ class LiveRuntime:
                 item = events.popleft()
                 if isinstance(item, ev.Event):
                     out += on_event(item)
+                    if type(item) is ev.OrderHistory:
+                        self._resynced()
                 else:
                     out += self._on_link(item)
             if inbox.depths:
@@ -339,6 +348,22 @@ class LiveRuntime:
             return []
         return []
 
+    def _resynced(self) -> None:
+        """A resync's order history was applied: trade again if the book now agrees."""
+        gate = self.gate
+        if (gate.state is TradingState.REDUCING and self.link.live and not self.book.needs_reconcile
+                and gate.state_reason.startswith(_DISAGREES)):
+            gate.set_state(TradingState.ACTIVE, "book resynchronized with the server")
+
+    async def _resync_if_needed(self) -> None:
+        """The book saw what only the server can settle (the gate went REDUCING):
+        ask for the order history again, at most every ``resync_interval_s``."""
+        if self.book.needs_reconcile and self.link.live:
+            t = trio.current_time()
+            if t - self._resync_at >= self.resync_interval_s:
+                self._resync_at = t
+                await self.link.resync()
+
     async def _send_all(self, intents) -> None:
         link = self.link
         for intent in intents:
@@ -364,6 +389,7 @@ class LiveRuntime:
                 out += kernel._take()
             if out:
                 await self._send_all(out)
+            await self._resync_if_needed()
             due = kernel.next_timer
             wait = 0.05 if due is None else (due - clock.now).total_seconds()
             await trio.sleep(min(max(wait, 0.0), next_update - trio.current_time(), 0.05))

@@ -844,3 +844,16 @@ def test_module_is_sans_io():
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not names & {"trio", "trio_websocket", "socket", "asyncio", "time", "random"}
+
+
+def test_a_recorder_session_is_live_once_subscribed_without_portfolio_or_history():
+    s = Session(ACC, reconcile=False)
+    s.want([Subscribe(("EURUSD",), (Q,)), DepthSubscribe("EURUSD", 5)])
+    sends = s.opened(0.0)
+    assert [type(x.intent) for x in sends] == [Subscribe, DepthSubscribe]  # no portfolio subscription
+    assert all(P not in getattr(x.intent, "events", ()) for x in sends)
+    for x in sends[:-1]:
+        assert feed(s, echo(x.intent), x.request_id) == []
+        assert not s.live
+    assert feed(s, echo(sends[-1].intent), sends[-1].request_id) == []  # no orderHistory query
+    assert s.live

@@ -30,6 +30,7 @@ from adapters.trader_ws.session import Liveness, Reconnect, Send, Session, Stop
 from engine.codec import decode_envelope, encode_intent
 from engine.errors import VenueError, WireError
 from engine.events import Depth, OrderHistory, Quote
+from engine.intents import OrderHistoryQuery
 from engine.runtime import Inbox, LinkDown, LinkFailed, LinkLive, LinkUp, OrderHistoryReply
 
 log = logging.getLogger("triotrade.trader_ws")
@@ -124,6 +125,10 @@ class TraderClient:
             return False
         self.sent += 1
         return True
+
+    async def resync(self) -> None:
+        """Ask for the order history again (the runtime applies the reply)."""
+        await self.send(OrderHistoryQuery(self.session.account_id, limit=self._history_limit))
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Stop: close the connection with ``code`` and end ``run``."""

@@ -209,6 +209,31 @@ async def test_a_second_stop_cuts_the_orderly_shutdown_short():
             nursery.cancel_scope.cancel()
 
 
+async def test_a_book_that_disagrees_stops_new_risk_until_a_resync_settles_it():
+    import msgspec
+
+    with trio.fail_after(20):
+        server = SimServer(sim_config_from_dict(sim_dict()), ENV)
+        strategy = Scripted(name="s", symbols=["EURUSD"])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve)
+            runtime, client = await start(nursery, server, strategy)
+            runtime.resync_interval_s = 0.1
+            strategy.todo.append(lambda s, q: s.buy("EURUSD", 1_000))
+            await wait_for(lambda: runtime.book.net_quantity("EURUSD") == 1_000)
+            filled = strategy.executions[-1]
+            # a fault no real server produces on demand: an event the lifecycle forbids (FILLED -> NEW)
+            runtime.inbox.put(msgspec.structs.replace(filled, exec_id="forged", status="NEW"))
+            await wait_for(lambda: runtime.gate.state is TradingState.REDUCING)
+            assert "book disagrees" in runtime.gate.state_reason
+            await wait_for(lambda: runtime.gate.state is TradingState.ACTIVE)
+            assert not runtime.book.needs_reconcile  # the order history settled it
+            assert runtime.book.net_quantity("EURUSD") == 1_000
+            runtime.request_stop()
+            await wait_for(lambda: runtime.stopped)
+            nursery.cancel_scope.cancel()
+
+
 async def test_conflation_counts_quotes_a_busy_strategy_never_saw():
     inbox = Inbox()
     q1 = Quote("EURUSD", 1.1, 1.2, trio_ts())
