@@ -161,7 +161,7 @@ async def login(
         return _parse_grant(login_url, resp.content)
     why = _scrub(_refusal(resp), password)
     if status == 401:
-        raise VenueError(f"login refused by {login_url}: {why}", status=401, auth=True)
+        raise VenueError(f"{login_url} refused the login: {why}", status=401, auth=True)
     raise VenueError(f"login at {login_url} failed: HTTP {status} {why}", status=status)
 
 

@@ -296,3 +296,37 @@ def test_triotrade_record_writes_a_feed_the_backtest_reads(tmp_path):
     events = [e for batch in reader.batches() for e in batch]
     assert {e.symbol for e in events} == {"EURUSD", "GBPUSD"}
     assert reader.stats.quotes and reader.stats.depths and not reader.stats.malformed
+
+
+@pytest.mark.parametrize("password, code", [("pw", 0), ("wrong", 1)])
+async def test_triotrade_run_against_a_server_named_in_the_yaml(tmp_path, password, code):
+    """`triotrade run CONFIG` on the YAML's venue, credentials from the environment."""
+    (tmp_path / "live.yaml").write_text(
+        "account: A1\nbalance: 100000\n"
+        "strategies:\n  - {class: 'strategies.sma_cross:SmaCross', symbols: [EURUSD], "
+        "params: {fast: 2, slow: 4, quantity: 1000}}\n"
+        "risk: {quote_max_age_ms: 60000}\n"
+        "venue: {url: 'ws://127.0.0.1:PORT/api/v1/ws', "
+        "login: {username: '${TT_USER}', password: '${TT_PASSWORD}'}}\n")
+    with trio.fail_after(40):
+        server = SimServer(sim_config_from_dict(sim_dict()), ENV)
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(server.serve)
+            cfg = tmp_path / "live.yaml"
+            cfg.write_text(cfg.read_text().replace("PORT", str(port)))
+            env = {**__import__("os").environ, "TT_USER": "alice", "TT_PASSWORD": password}
+            proc = await trio.run_process(
+                [sys.executable, "-m", "engine", "run", str(cfg), "--duration", "2", "--log-json",
+                 "--out", str(tmp_path / "out")],
+                cwd=tmp_path, env=env, capture_stdout=True, capture_stderr=True, check=False)
+            nursery.cancel_scope.cancel()
+    err = proc.stderr.decode()
+    assert proc.returncode == code, err
+    assert password not in err.replace("password", "")
+    if code == 0:
+        assert "live: subscribed and reconciled" in err
+        assert server.engine.accounts["A1"].orders  # it traded
+    else:
+        flat = " ".join(err.split())  # the table wraps lines
+        assert "login refused" in flat and "(trading HALTED)" in flat, err
+        assert err.count("HTTP Request: POST") == 1  # one login attempt, no loop
