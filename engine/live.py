@@ -175,10 +175,15 @@ class _JsonLog(logging.Formatter):
                            "message": record.getMessage()})
 
 
-def _setup_logging(as_json: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonLog() if as_json else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+def _setup_logging(as_json: bool, terminal: bool = False) -> None:
+    if terminal and not as_json:  # above the status line, not through it
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_path=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_JsonLog() if as_json else logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
@@ -187,14 +192,14 @@ def _setup_logging(as_json: bool) -> None:
 
 def _status_text(st: dict, rate: float) -> str:
     positions = " ".join(f"{s} {q:+,.0f}" for s, q in st["positions"].items()) or "flat"
-    return (f"{st.get('connection', '?')} | {rate:,.1f} quotes/s ({st['conflated']} conflated) | "
-            f"{st['open_orders']} open orders | {positions} | equity {st['equity']:,.2f} | "
-            f"risk {st['risk']}")
+    return (f"{st.get('connection', '?')} · {rate:,.1f} quotes/s · {st['conflated']} conflated · "
+            f"{st['open_orders']} open · {positions} · P&L {st['pnl']:+,.2f} · risk {st['risk']}")
 
 
 async def _rich_status(runtime: LiveRuntime) -> None:
     """A status line on the terminal, refreshed twice a second."""
     from rich.live import Live
+    from rich.text import Text
 
     last, t0 = 0, trio.current_time()
     with Live("starting", refresh_per_second=4, transient=True) as live:
@@ -202,7 +207,7 @@ async def _rich_status(runtime: LiveRuntime) -> None:
             await trio.sleep(0.5)
             st, t = runtime.status(), trio.current_time()
             rate, last, t0 = (st["quotes"] - last) / max(t - t0, 1e-9), st["quotes"], t
-            live.update(_status_text(st, rate))
+            live.update(Text(_status_text(st, rate)))
 
 
 async def _log_status(runtime: LiveRuntime, interval_s: float = 10.0) -> None:
@@ -227,8 +232,8 @@ def run_command(args, err) -> int:
     from engine.report import render_table, write_report
 
     config = load_config(args.config)
-    _setup_logging(args.log_json)
     console = Console()
+    _setup_logging(args.log_json, console.is_terminal)
     status = _rich_status if console.is_terminal and not args.log_json else _log_status
     runtime = trio.run(partial(run_live, config, venue=args.venue, record=args.record,
                                duration_s=args.duration, name=args.config.stem, status=status))

@@ -413,6 +413,7 @@ class LiveRuntime:
                           for p in book.positions()},
             "balance": round(book.balance, 2),
             "equity": round(book.equity(), 2),
+            "pnl": round(book.equity() - self.config.balance, 2),
             "orders": self.kernel.orders_sent,
             "fills": self.kernel.fills,
             "denials": self.kernel.denials,
