@@ -28,6 +28,7 @@ from engine.enums import Side
 from engine.errors import ConfigError, UsageError
 from engine.events import Quote
 from engine.kernel import Kernel
+from engine.ledger import ZERO
 from engine.report import BacktestResult, TradeRow
 from risk import RiskGate
 from strategies.base import Strategy
@@ -202,12 +203,14 @@ class Backtest:
         strategy_of = {cid: s.name for cid, s in kernel._owner.items()}
         cid_of = {o.order_id: o.client_order_id for o in book.all_orders()}
         buy, sell = Side.BUY.value, Side.SELL.value
-        trades = [
-            TradeRow(ts, symbol, buy if is_buy else sell, float(qty), float(price), float(fee),
-                     float(pnl), order_id, position_id, cid_of.get(order_id),
-                     strategy_of.get(cid_of.get(order_id)))
-            for _, order_id, position_id, symbol, is_buy, qty, price, fee, pnl, ts in ledger.deal_rows()
-        ]
+        floats = _Floats()  # deals repeat their quantities and prices: convert each once
+        trades = []
+        for _, order_id, position_id, symbol, is_buy, qty, price, fee, pnl, ts in ledger.deal_rows():
+            cid = cid_of.get(order_id)
+            trades.append(TradeRow(
+                ts, symbol, buy if is_buy else sell, floats[qty], floats[price],
+                0.0 if fee is ZERO else float(fee), float(pnl), order_id, position_id, cid,
+                strategy_of.get(cid)))
         stats = [r.stats.as_dict() for r in self.readers]
         return BacktestResult(
             config_name=self.name,
@@ -242,6 +245,15 @@ class Backtest:
             if self.book.net_quantity(symbol) != venue_pos.get(symbol, 0.0):
                 out.append(f"{symbol}: book {self.book.net_quantity(symbol)} != venue {venue_pos.get(symbol, 0.0)}")
         return out
+
+
+class _Floats(dict):
+    """``float(d)`` of Decimals, memoized. Only for quantities and prices:
+    they are > 0, so no ``-0`` can be mistaken for an equal ``0``."""
+
+    def __missing__(self, d: Decimal) -> float:
+        f = self[d] = float(d)
+        return f
 
 
 @contextmanager

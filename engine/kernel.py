@@ -81,6 +81,7 @@ class _Context:
         self.owned: set[str] = set()
         self.timers: dict[str, _Timer] = {}
         self._seq = 0
+        self._cid_prefix = f"{strategy.name}-{kernel.run_tag}-"
 
     def emit(self, strategy: Strategy, intent):
         self.kernel.submit(strategy, intent)
@@ -88,7 +89,7 @@ class _Context:
 
     def next_client_order_id(self, strategy: Strategy) -> str:
         self._seq += 1
-        return f"{strategy.name}-{self.kernel.run_tag}-{self._seq:06d}"
+        return f"{self._cid_prefix}{self._seq:06d}"
 
     def subscribe(self, strategy, symbols, kinds, depth, metrics) -> None:
         self.kernel._subscribe(strategy, symbols, kinds, depth, metrics)

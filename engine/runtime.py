@@ -219,6 +219,10 @@ class LiveRuntime:
         self._shutdown_scope: trio.CancelScope | None = None
         self._resync_at = float("-inf")
         self.resync_interval_s = RESYNC_S
+        self._hold_portfolio = False
+        """Between a connection's open and its order history: a portfolio
+        snapshot waits (it already counts fills the history will book)."""
+        self._held_portfolio: ev.Portfolio | None = None
         self._aborted = False
 
     # -- running -----------------------------------------------------------
@@ -298,6 +302,9 @@ class LiveRuntime:
             while events:
                 item = events.popleft()
                 if isinstance(item, ev.Event):
+                    if type(item) is ev.Portfolio and self._hold_portfolio:
+                        self._held_portfolio = item  # applied after the order history
+                        continue
                     out += on_event(item)
                     if type(item) is ev.OrderHistory:
                         self._resynced()
@@ -320,13 +327,20 @@ class LiveRuntime:
     def _on_link(self, item) -> list:
         gate, kernel = self.gate, self.kernel
         if type(item) is OrderHistoryReply:
+            # orders first (fills missed in an outage are booked once), then the
+            # portfolio snapshot, which already counts them: the server's balance
+            # and positions have the last word
             differences = self.book.reconcile_orders(item.history, complete=item.complete)
             for d in differences:
                 log.info("reconciled: %s", d)
-            return []
+            self._hold_portfolio = False
+            held, self._held_portfolio = self._held_portfolio, None
+            return list(kernel.on_event(held)) if held is not None else []
         if type(item) is LinkUp:
             self.connections += 1
             kernel.reconciling = True
+            self._hold_portfolio = True
+            self._held_portfolio = None
             if gate.state is not TradingState.HALTED:
                 gate.set_state(TradingState.REDUCING, "connected: reconciling with the server")
             return []

@@ -544,19 +544,10 @@ class MatchingEngine:
                 self._end(order, OrderStatus.CANCELLED, reason, replies)
                 return False
         now = self.clock.now
-        deals = ledger.apply_fill(
-            order_id=order.order_id, symbol=sym, side=order.side, quantity=qty, price=price,
-            ts=now, new_position_id=self._new_pid, new_deal_id=self._new_did,
-            commission_per_million=self._cpm,
-        )
-        if len(deals) == 1:
-            deal = deals[0]
-            fee = deal.commission
-        else:
-            fee = deals[0].commission + deals[1].commission
-            deal = deals[1]
+        order.position_id, fee = ledger.fill(
+            order.order_id, sym, order.side, qty, price, now, self._new_pid, self._new_did,
+            self._cpm)
         qty_f = order.add_fill(qty, price, price_f, fee)
-        order.position_id = deal.position_id
         acct.dirty = True
         if order.stop_loss is not None or order.take_profit is not None:
             pos = ledger.positions.get(sym)

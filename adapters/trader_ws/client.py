@@ -93,6 +93,8 @@ class TraderClient:
         self._scope: trio.CancelScope | None = None
         self._conn_scope: trio.CancelScope | None = None
         self._closing = False
+        self._close_done = trio.Event()
+        self._finished = trio.Event()
         self.live = False
         self.failure: str | None = None
         self.connection = 0
@@ -131,18 +133,23 @@ class TraderClient:
         await self.send(OrderHistoryQuery(self.session.account_id, limit=self._history_limit))
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Stop: close the connection with ``code`` and end ``run``."""
+        """Stop: close the connection with ``code`` (the handshake completed) and end ``run``."""
         self._closing = True
         self.session.stop()
         ws = self._ws
-        if ws is not None:
-            try:
+        try:
+            if ws is not None:
                 with trio.move_on_after(2):
                     await ws.aclose(code, reason or None)
-            except LocalProtocolError:
-                pass
+        except LocalProtocolError:
+            pass
+        finally:
+            self._close_done.set()
         if self._scope is not None:
-            self._scope.cancel()
+            if ws is not None:  # the loop ends by itself once the connection has
+                with trio.move_on_after(2):
+                    await self._finished.wait()
+            self._scope.cancel()  # in a backoff or a login: no need to wait
 
     def status(self) -> dict:
         return {
@@ -170,6 +177,7 @@ class TraderClient:
                 relogin = decision.relogin
         self._ws = None
         self.live = False
+        self._finished.set()
 
     async def _login(self) -> Reconnect | Stop | None:
         session = self.session
@@ -222,13 +230,15 @@ class TraderClient:
                     conn.cancel_scope.cancel()
                     return session.closed(trio.current_time(), code=None)
                 code, reason = await self._serve(ws, conn)
+                if self._closing:  # let trio-websocket read the server's close reply
+                    with trio.move_on_after(2):
+                        await self._close_done.wait()
                 conn.cancel_scope.cancel()
         except* (LocalProtocolError, trio.BrokenResourceError, OSError):
             code, reason = None, "connection broke while closing"  # trio-websocket#184 among others
         finally:
             self._ws = None
-            if self.live or self.connection:
-                self.live = False
+            self.live = False
         self.last_close = f"{code} {reason}" if code is not None else reason
         self.inbox.put(LinkDown(self.last_close))
         return session.closed(trio.current_time(), code=code)
