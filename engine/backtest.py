@@ -200,17 +200,7 @@ class Backtest:
     # -- results -----------------------------------------------------------
     def _result(self, quotes: int) -> BacktestResult:
         book, ledger, kernel = self.book, self.ledger, self.kernel
-        strategy_of = {cid: s.name for cid, s in kernel._owner.items()}
-        cid_of = {o.order_id: o.client_order_id for o in book.all_orders()}
-        buy, sell = Side.BUY.value, Side.SELL.value
-        floats = _Floats()  # deals repeat their quantities and prices: convert each once
-        trades = []
-        for _, order_id, position_id, symbol, is_buy, qty, price, fee, pnl, ts in ledger.deal_rows():
-            cid = cid_of.get(order_id)
-            trades.append(TradeRow(
-                ts, symbol, buy if is_buy else sell, floats[qty], floats[price],
-                0.0 if fee is ZERO else float(fee), float(pnl), order_id, position_id, cid,
-                strategy_of.get(cid)))
+        trades = trade_rows(book, kernel)
         stats = [r.stats.as_dict() for r in self.readers]
         return BacktestResult(
             config_name=self.name,
@@ -245,6 +235,23 @@ class Backtest:
             if self.book.net_quantity(symbol) != venue_pos.get(symbol, 0.0):
                 out.append(f"{symbol}: book {self.book.net_quantity(symbol)} != venue {venue_pos.get(symbol, 0.0)}")
         return out
+
+
+def trade_rows(book: Book, kernel: Kernel) -> list[TradeRow]:
+    """The account's deals as the local book booked them (a live run has
+    nothing else), with the clientOrderId and strategy of each order."""
+    strategy_of = {cid: s.name for cid, s in kernel._owner.items()}
+    cid_of = {o.order_id: o.client_order_id for o in book.all_orders()}
+    buy, sell = Side.BUY.value, Side.SELL.value
+    floats = _Floats()  # deals repeat their quantities and prices: convert each once
+    trades = []
+    for _, order_id, position_id, symbol, is_buy, qty, price, fee, pnl, ts in book.ledger.deal_rows():
+        cid = cid_of.get(order_id)
+        trades.append(TradeRow(
+            ts, symbol, buy if is_buy else sell, floats[qty], floats[price],
+            0.0 if fee is ZERO else float(fee), float(pnl), order_id, position_id, cid,
+            strategy_of.get(cid)))
+    return trades
 
 
 class _Floats(dict):

@@ -223,8 +223,10 @@ class Ledger:
 
         Commission is either computed per deal from ``commission_per_million``
         of the notional (the venue's way) or the given execution total
-        ``commission``, booked on the last deal (the local book's way: it only
-        knows the event's total). Raises UsageError on a quantity <= 0.
+        ``commission`` (the local book's way: it only knows the event's
+        total), which a flip splits by quantity, the closing deal's share
+        rounded to the cent and the rest on the opening deal. Raises
+        UsageError on a quantity <= 0.
         """
         rows = self._deal_rows
         n = len(rows)
@@ -316,8 +318,11 @@ class Ledger:
             else:
                 rest = None
         if commission is not None:
-            fee = ZERO if rest is not None else (
-                commission if type(commission) is Decimal else dec(commission))
+            if type(commission) is not Decimal:
+                commission = dec(commission)
+            # a flip: the closing deal's share by quantity, the rest on the opening one
+            fee = commission if rest is None else (
+                commission * closing / quantity).quantize(CENT, ROUND_HALF_EVEN)
         elif commission_per_million:
             if rate is not ONE:
                 notional = notional * rate
@@ -338,7 +343,7 @@ class Ledger:
             return position_id, fee
         first_fee = fee
         if commission is not None:
-            fee = commission if type(commission) is Decimal else dec(commission)
+            fee = commission - first_fee
         elif commission_per_million:
             notional = rest * price
             if rate is not ONE:

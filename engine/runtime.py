@@ -36,9 +36,8 @@ from engine import events as ev
 from engine.book import Book
 from engine.clock import WallClock
 from engine.config import RunConfig
-from engine.enums import Side
 from engine.kernel import Kernel
-from engine.report import BacktestResult, TradeRow
+from engine.report import BacktestResult
 from risk import RiskGate, TradingState
 from strategies.base import Strategy
 
@@ -436,17 +435,10 @@ class LiveRuntime:
 
     def summary(self) -> BacktestResult:
         """The run as a ``BacktestResult``: the same table and files as a backtest."""
+        from engine.backtest import trade_rows
+
         book, kernel = self.book, self.kernel
-        strategy_of = {cid: s.name for cid, s in kernel._owner.items()}
-        cid_of = {o.order_id: o.client_order_id for o in book.all_orders()}
-        buy, sell = Side.BUY.value, Side.SELL.value
-        trades = tuple(
-            TradeRow(ts, symbol, buy if is_buy else sell, float(qty), float(price), float(fee),
-                     float(pnl), order_id, position_id, cid_of.get(order_id),
-                     strategy_of.get(cid_of.get(order_id)))
-            for _, order_id, position_id, symbol, is_buy, qty, price, fee, pnl, ts
-            in book.ledger.deal_rows()
-        )
+        trades = tuple(trade_rows(book, kernel))
         equity = tuple(self.equity)
         exposure = self._exposed / len(equity) if equity else 0.0
         return BacktestResult(

@@ -96,11 +96,12 @@ def test_flip_is_two_deals_old_id_closed_new_opened():
     assert [c.position_id for c in led.closed] == ["p1"]
 
 
-def test_given_commission_is_booked_on_the_last_deal():
+def test_a_given_commission_is_split_over_a_flip_by_quantity():
     led, _, fill = make()
     fill("EURUSD", Side.BUY, 10_000, "1.1", commission=D("0.22"))
     d1, d2 = fill("EURUSD", Side.SELL, 25_000, "1.1", commission=D("0.55"))
-    assert (d1.commission, d2.commission) == (0, D("0.55"))
+    # 10,000 of 25,000 closed: 0.22 of 0.55 (the venue's per-deal split), the rest opens
+    assert (d1.commission, d2.commission) == (D("0.22"), D("0.33"))
     assert led.balance == D(10_000) - D("0.77") and led.commission_paid == D("0.77")
 
 

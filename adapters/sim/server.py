@@ -24,7 +24,9 @@ the tokens ``adapters.sim.auth``'s, the market ``adapters.sim.market``'s):
   ``POST /admin/faults`` with ``{"action": "drop" | "expire", "conn"?: int}``,
   ``{"action": "delay_executions", "seconds": s}``,
   ``{"action": "duplicate_executions", "enabled": bool}``,
-  ``{"action": "pings", "enabled": bool}``; ``GET /admin/connections``,
+  ``{"action": "pings", "enabled": bool}``, ``{"action": "step", "events": n}``
+  (a lock-step replay, ``market.replay.step: true``: publish the next n market
+  events; in process, ``SimServer.step(n)``); ``GET /admin/connections``,
   ``GET /admin/statistics``.
 
 Nothing logs a password or a token: hypercorn's access log (which would show
@@ -269,6 +271,8 @@ class SimServer:
         self.faults = _Faults()
         self.port: int | None = None
         self.market_events = 0
+        self._steps = 0  # lock-step replay: events released and not yet published
+        self._step_lot = trio.lowlevel.ParkingLot()
         self._ids = itertools.count(1)
         self._stop = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -378,14 +382,43 @@ class SimServer:
         r = m.replay
         return replay_schedule(r.feed, speed=r.speed, loop=r.loop)
 
+    @property
+    def stepping(self) -> bool:
+        """A lock-step replay (``market.replay.step``): events go out only when released."""
+        replay = self.config.market.replay
+        return replay is not None and replay.step
+
+    def step(self, n: int = 1) -> None:
+        """Release the next ``n`` market events of a lock-step replay. They are
+        published by the market task at its next turn, in order, as at any
+        other time (the venue takes each first); events past the end of a
+        feed that does not loop are never published.
+
+        Raises:
+            UsageError: the market is not a lock-step replay, or ``n`` < 1.
+        """
+        if not self.stepping:
+            raise UsageError("step: the market is not a lock-step replay (market.replay.step)")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise UsageError(f"step: events must be a whole number >= 1, got {n!r}")
+        self._steps += n
+        self._step_lot.unpark_all()
+
     async def _market(self) -> None:
-        """Publish each market event at its time (PROTOCOL 7: the venue takes it first)."""
+        """Publish each market event at its time (PROTOCOL 7: the venue takes it first);
+        in a lock-step replay, when ``step`` released it."""
         fast = self.config.market.replay is not None and self.config.market.replay.speed is None
+        stepping = self.stepping
         start = trio.current_time()
         hub, dispatch = self.hub, self._dispatch
         behind = 0
         for at, event in self._schedule():
             due = start + at
+            if stepping:  # released: due now (several released go out as a catching-up batch)
+                while not self._steps:
+                    await self._step_lot.park()
+                self._steps -= 1
+                due = start
             if due > trio.current_time():
                 # a grain late, so that a busy feed goes out in batches rather
                 # than one scheduler round (and one epoll) per quote
@@ -559,6 +592,14 @@ class SimServer:
                 # connections send one more ping at most; new ones follow at once
                 on = bool(req["enabled"])
                 self._hconfig.websocket_ping_interval = self.config.server.ping_interval_s if on else 1e9
+            elif action == "step":
+                events = req.get("events", 1)
+                try:
+                    self.step(events)
+                except UsageError as exc:
+                    raise ValueError(str(exc)) from None
+                return await _respond(send, 200, {"ok": True, "released": events,
+                                                  "published": self.market_events})
             else:
                 raise KeyError(action)
         except (msgspec.DecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
