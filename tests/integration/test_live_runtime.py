@@ -84,12 +84,12 @@ async def wait_for(cond, timeout: float = 5.0) -> None:
             await trio.sleep(0.01)
 
 
-async def start(nursery, server: SimServer, strategy: Strategy, **client_kw):
+async def start(nursery, server: SimServer, strategy: Strategy, config=None, stop_deadline_s=2.0):
     """A runtime trading ``strategy`` on ``server``; returns (runtime, client) once live."""
     inbox = Inbox()
-    runtime = LiveRuntime(run_config(), inbox, strategies=[strategy], run_tag="t", stop_deadline_s=2)
-    client = TraderClient(f"ws://127.0.0.1:{server.port}/api/v1/ws", "alice", "pw", "A1", inbox,
-                          **client_kw)
+    runtime = LiveRuntime(config or run_config(), inbox, strategies=[strategy], run_tag="t",
+                          stop_deadline_s=stop_deadline_s)
+    client = TraderClient(f"ws://127.0.0.1:{server.port}/api/v1/ws", "alice", "pw", "A1", inbox)
     nursery.start_soon(runtime.run, client)
     await wait_for(lambda: runtime.gate.state is TradingState.ACTIVE)
     return runtime, client
@@ -165,12 +165,7 @@ async def test_a_symbol_without_quotes_is_blocked_while_others_trade(caplog):
         strategy = Scripted(name="s", symbols=["EURUSD"])
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve)
-            inbox = Inbox()
-            config = run_config(stale_quote_ms=2_000)
-            runtime = LiveRuntime(config, inbox, strategies=[strategy], run_tag="t")
-            client = TraderClient(f"ws://127.0.0.1:{server.port}/api/v1/ws", "alice", "pw", "A1", inbox)
-            nursery.start_soon(runtime.run, client)
-            await wait_for(lambda: runtime.gate.state is TradingState.ACTIVE)
+            runtime, client = await start(nursery, server, strategy, run_config(stale_quote_ms=2_000))
             strategy.todo.append(lambda s, q: (s.buy("GBPUSD", 1_000), s.buy("EURUSD", 1_000)))
             await wait_for(lambda: runtime.book.net_quantity("EURUSD") == 1_000)
             assert [r.reason for r in strategy.rejects] == ["STALE_SYMBOL"]
@@ -190,12 +185,7 @@ async def test_a_second_stop_cuts_the_orderly_shutdown_short():
         strategy = Scripted(name="s", symbols=["EURUSD"])
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve)
-            inbox = Inbox()
-            runtime = LiveRuntime(run_config(), inbox, strategies=[strategy], run_tag="t",
-                                  stop_deadline_s=30)
-            client = TraderClient(f"ws://127.0.0.1:{server.port}/api/v1/ws", "alice", "pw", "A1", inbox)
-            nursery.start_soon(runtime.run, client)
-            await wait_for(lambda: runtime.gate.state is TradingState.ACTIVE)
+            runtime, client = await start(nursery, server, strategy, stop_deadline_s=30)
             strategy.todo.append(lambda s, q: s.buy("EURUSD", 1_000, price=round(q.bid * 0.9, 5)))
             await wait_for(lambda: [o for o in runtime.book.working_orders() if o.order_id])
             server.faults.exec_delay_s = 60  # the cancel's answer will not come in time
@@ -222,11 +212,15 @@ async def test_a_book_that_disagrees_stops_new_risk_until_a_resync_settles_it():
             strategy.todo.append(lambda s, q: s.buy("EURUSD", 1_000))
             await wait_for(lambda: runtime.book.net_quantity("EURUSD") == 1_000)
             filled = strategy.executions[-1]
+            states: list = []
+            set_state = runtime.gate.set_state
+            runtime.gate.set_state = lambda state, reason: (states.append((state, reason)),
+                                                            set_state(state, reason))
             # a fault no real server produces on demand: an event the lifecycle forbids (FILLED -> NEW)
             runtime.inbox.put(msgspec.structs.replace(filled, exec_id="forged", status="NEW"))
-            await wait_for(lambda: runtime.gate.state is TradingState.REDUCING)
-            assert "book disagrees" in runtime.gate.state_reason
-            await wait_for(lambda: runtime.gate.state is TradingState.ACTIVE)
+            await wait_for(lambda: len(states) == 2)
+            (reducing, why), (active, _) = states
+            assert reducing == "REDUCING" and "book disagrees" in why and active == "ACTIVE"
             assert not runtime.book.needs_reconcile  # the order history settled it
             assert runtime.book.net_quantity("EURUSD") == 1_000
             runtime.request_stop()
