@@ -171,8 +171,8 @@ class LiveRuntime:
 
     Args:
         config: the run's configuration.
-        link: the venue link; its ``inbox`` must be ``self.inbox`` (the
-            runtime's ``inbox`` is made first: build the link with it).
+        inbox: where the venue link drops what it receives (build the link
+            with the same one, then ``await runtime.run(link)``).
         strategies: already-built strategies (default: built from the config).
         run_tag: makes this run's ``clientOrderId``s unique for the account.
         cancel_on_stop: cancel the strategies' working orders at shutdown.
