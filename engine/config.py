@@ -201,7 +201,16 @@ class LoginConfig:
 
 @attrs.frozen(kw_only=True)
 class VenueSection:
-    """A live Trader server. The live runtime may add settings here."""
+    """A live Trader server (``triotrade run``).
+
+    Attributes:
+        url: ``wss://host/api/v1/ws`` (``ws://`` on loopback only).
+        login: the credentials, as ``${NAME}`` references to the environment.
+        account: the account id at this venue, if not the top-level ``account``.
+        cancel_on_stop: cancel the strategies' working orders when the run stops.
+        ping_interval_s / dead_after_s: PROTOCOL 2's liveness rule: ping after
+            this much silence, give the connection up after as much again.
+    """
 
     url: str = attrs.field(validator=_ws_url)
     login: LoginConfig | None = None

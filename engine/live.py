@@ -79,6 +79,8 @@ async def run_live(
 
     ``status(runtime)`` is awaited in its own task if given (the status line)."""
     symbols = tuple(sorted({s for sc in config.strategies for s in sc.symbols}))
+    if venue != SIM and config.venue is not None and config.venue.account:
+        config = attrs.evolve(config, account=config.venue.account)  # the venue's name for it
     async with trio.open_nursery() as nursery:
         v = await start_venue(nursery, venue, config.venue, account=config.account,
                               currency=config.currency, balance=config.balance,
