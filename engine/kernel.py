@@ -334,7 +334,8 @@ class Kernel:
         ``s`` is None for the kernel's own intents (the gate's flatten)."""
         if s is not None and id(s) in self._stopped and type(intent) is not it.CancelOrder:
             return False
-        decision = self.gate.check(intent, self.clock.now)
+        now = self.clock.now  # one reading: the gate and the book agree on the time
+        decision = self.gate.check(intent, now)
         if type(decision) is not Approved:
             self.denials += 1
             if s is not None:
@@ -346,7 +347,7 @@ class Kernel:
                 cid = intent.client_order_id
                 self._owner[cid] = s
                 s._ctx.owned.add(cid)
-        self.book.on_sent(intent, self.clock.now)
+        self.book.on_sent(intent, now)
         self._out.append(intent)
         return True
 
