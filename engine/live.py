@@ -142,7 +142,9 @@ async def record_feed(
         v = await start_venue(nursery, venue, section, account=account, symbols=symbols)
         with Recorder(out) as recorder:
             await nursery.start(recorder.run)
-            client = TraderClient(v.url, v.username, v.password, account, Inbox(),
+            inbox = Inbox()
+            nursery.start_soon(_discard, inbox)  # the recorder has what it needs
+            client = TraderClient(v.url, v.username, v.password, account, inbox,
                                   ping_after_s=v.ping_interval_s, dead_after_s=v.dead_after_s,
                                   recorder=recorder, reconcile=False)
             client.want([it.Subscribe(symbols, (EventKind.QUOTE,))]
@@ -160,6 +162,14 @@ async def record_feed(
     if client.failure:
         raise VenueError(client.failure)
     return stats
+
+
+async def _discard(inbox: Inbox) -> None:
+    while True:
+        await inbox.wait()
+        inbox.events.clear()
+        inbox.quotes.clear()
+        inbox.depths.clear()
 
 
 async def _first_signal(signals, stop: trio.Event) -> None:

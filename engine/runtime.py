@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
@@ -94,6 +94,8 @@ class Link(Protocol):
 
     inbox: Inbox
     live: bool
+    drive: Callable[[], Awaitable[None]] | None
+    """Set by the runtime: the reader awaits it to run the kernel inline."""
 
     def want(self, requests: Sequence) -> None: ...
     async def send(self, intent) -> bool: ...
@@ -106,7 +108,9 @@ class Link(Protocol):
 class Inbox:
     """Where the link's reader drops decoded messages and the pump takes them.
 
-    ``quote``/``depth``/``put`` never block and never wait for the pump."""
+    ``quote``/``depth``/``put`` never block and never wait for the pump; the
+    reader then either runs the kernel itself (``LiveRuntime.drive``) or
+    ``wake``s the pump."""
 
     __slots__ = ("events", "quotes", "depths", "conflated", "received", "limit", "_lot")
 
@@ -131,8 +135,6 @@ class Inbox:
         if q.symbol in quotes:
             self.conflated += 1
         quotes[q.symbol] = q
-        if self._lot:
-            self._lot.unpark()
 
     def depth(self, d: ev.Depth) -> None:
         depths = self.depths
@@ -140,11 +142,12 @@ class Inbox:
         if d.symbol in depths:
             self.conflated += 1
         depths[d.symbol] = d
-        if self._lot:
-            self._lot.unpark()
 
     def put(self, item: Any) -> None:
         self.events.append(item)
+
+    def wake(self) -> None:
+        """Let the pump take what was put in (the putter does not run it itself)."""
         if self._lot:
             self._lot.unpark()
 
@@ -223,6 +226,7 @@ class LiveRuntime:
         snapshot waits (it already counts fills the history will book)."""
         self._held_portfolio: ev.Portfolio | None = None
         self._aborted = False
+        self._send_lock = trio.Lock()
 
     # -- running -----------------------------------------------------------
     def request_stop(self) -> None:
@@ -253,6 +257,7 @@ class LiveRuntime:
         ``task_status.started(self)`` once the link's connection loop and the
         pump are running (not necessarily connected yet)."""
         self.link = link
+        link.drive = self.drive
         self.started_at = self.clock.now
         self.outbox.extend(self.kernel.start())
         link.want(self.kernel.subscriptions())
@@ -290,38 +295,60 @@ class LiveRuntime:
                 await self.link.close(1000, "client stopping")
 
     # -- the pump ------------------------------------------------------------
-    async def _pump(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    def step(self) -> list:
+        """Take everything in the inbox through the kernel: account events in
+        order, then the latest depth and quote of each symbol. Returns the
+        intents to send."""
         inbox, kernel = self.inbox, self.kernel
         events = inbox.events
-        on_event, on_quote, on_depth = kernel.on_event, kernel.on_quote, kernel.on_depth
+        out: list = []
+        while events:
+            item = events.popleft()
+            if isinstance(item, ev.Event):
+                if type(item) is ev.Portfolio and self._hold_portfolio:
+                    self._held_portfolio = item  # applied after the order history
+                    continue
+                out += kernel.on_event(item)
+                if type(item) is ev.OrderHistory:
+                    self._resynced()
+            else:
+                out += self._on_link(item)
+        if inbox.depths:
+            depths, inbox.depths = inbox.depths, {}
+            for d in depths.values():
+                out += kernel.on_depth(d)
+        if inbox.quotes:
+            quotes, inbox.quotes = inbox.quotes, {}
+            self.quotes_handled += len(quotes)
+            on_quote = kernel.on_quote
+            for q in quotes.values():
+                intents = on_quote(q)
+                if intents:
+                    out += intents
+        return out
+
+    async def _pump(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Runs the kernel when the reader does not: it was behind, or a send
+        was under way."""
+        inbox = self.inbox
         task_status.started()
         while True:
             await inbox.wait()
-            out: list = []
-            while events:
-                item = events.popleft()
-                if isinstance(item, ev.Event):
-                    if type(item) is ev.Portfolio and self._hold_portfolio:
-                        self._held_portfolio = item  # applied after the order history
-                        continue
-                    out += on_event(item)
-                    if type(item) is ev.OrderHistory:
-                        self._resynced()
-                else:
-                    out += self._on_link(item)
-            if inbox.depths:
-                depths, inbox.depths = inbox.depths, {}
-                for d in depths.values():
-                    out += on_depth(d)
-            if inbox.quotes:
-                quotes, inbox.quotes = inbox.quotes, {}
-                self.quotes_handled += len(quotes)
-                for q in quotes.values():
-                    intents = on_quote(q)
-                    if intents:
-                        out += intents
+            out = self.step()
             if out:
                 await self._send_all(out)
+
+    async def drive(self) -> None:
+        """Run the kernel now in the caller's task: the link's reader calls this
+        when it has nothing more buffered, so a quote is answered without a task
+        switch. While a send is under way the pump does it afterwards instead,
+        so intents go out in the order they were approved."""
+        if self._send_lock.locked():
+            self.inbox.wake()
+            return
+        out = self.step()
+        if out:
+            await self._send_all(out)
 
     def _on_link(self, item) -> list:
         gate, kernel = self.gate, self.kernel
@@ -378,12 +405,21 @@ class LiveRuntime:
                 await self.link.resync()
 
     async def _send_all(self, intents) -> None:
-        link = self.link
-        for intent in intents:
-            if link.live and not self.outbox:
-                await link.send(intent)
-            else:
-                self.outbox.append(intent)
+        """Send in approval order: the pump, the ticker and the reader take turns
+        (trio's lock is fair), without a scheduler round when nobody holds it."""
+        link, lock = self.link, self._send_lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            lock.acquire_nowait()
+        try:
+            for intent in intents:
+                if link.live and not self.outbox:
+                    await link.send(intent)
+                else:
+                    self.outbox.append(intent)
+        finally:
+            lock.release()
 
     # -- wall-clock work -----------------------------------------------------
     async def _ticker(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

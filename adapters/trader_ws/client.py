@@ -20,6 +20,7 @@ import random
 import re
 import ssl
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, connect_websocket_url
@@ -54,6 +55,11 @@ MESSAGE_QUEUE = 4096
 """Messages trio-websocket buffers before it stops reading the socket; our
 reader takes them as fast as they come (it does no strategy work)."""
 MAX_MESSAGE = 16 * 1024 * 1024
+BEHIND_S = 0.001
+"""A kernel step longer than this means quotes may be waiting in the socket:
+the reader then takes all trio-websocket has before the next step."""
+RECEIVE_BUFFER = 64 * 1024
+"""Bytes per socket read: a busy feed's frames arrive many to a read."""
 
 
 class TraderClient:
@@ -103,6 +109,9 @@ class TraderClient:
         self.sent = 0
         self.logins = 0
         self.last_close: str | None = None
+        self.drive = None
+        """Set by the runtime (``LiveRuntime.drive``): awaited by the reader to
+        run the kernel inline when nothing more is buffered."""
 
     def __repr__(self) -> str:
         return f"TraderClient({self.endpoints.ws_url!r}, user={self._username!r}, phase={self.session.phase})"
@@ -199,7 +208,7 @@ class TraderClient:
             if decision.fatal:
                 self.failure = decision.reason
                 log.error("giving up: %s", decision.reason)
-                self.inbox.put(LinkFailed(decision.reason))
+                self._tell(LinkFailed(decision.reason))
             return False
         log.info("reconnecting in %.2f s (%s)", decision.delay_s, decision.reason)
         await trio.sleep(decision.delay_s)
@@ -218,7 +227,7 @@ class TraderClient:
                     with trio.fail_after(CONNECT_TIMEOUT_S):
                         ws = await connect_websocket_url(
                             conn, url, ssl_context=self._ssl, message_queue_size=MESSAGE_QUEUE,
-                            max_message_size=MAX_MESSAGE)
+                            max_message_size=MAX_MESSAGE, receive_buffer_size=RECEIVE_BUFFER)
                 except ConnectionRejected as exc:
                     log.warning("connection to %s refused: HTTP %s", redact(url), exc.status_code)
                     self.last_close = f"HTTP {exc.status_code}"
@@ -240,7 +249,7 @@ class TraderClient:
             self._ws = None
             self.live = False
         self.last_close = f"{code} {reason}" if code is not None else reason
-        self.inbox.put(LinkDown(self.last_close))
+        self._tell(LinkDown(self.last_close))
         return session.closed(trio.current_time(), code=code)
 
     async def _serve(self, ws, conn: trio.Nursery) -> tuple[int | None, str]:
@@ -248,7 +257,7 @@ class TraderClient:
         self._ws = ws
         self.connection += 1
         log.info("connected to %s (connection %d)", self.endpoints.ws_url, self.connection)
-        self.inbox.put(LinkUp(self.connection))
+        self._tell(LinkUp(self.connection))
         with trio.CancelScope() as self._conn_scope:
             conn.start_soon(self._watchdog, ws, conn)
             try:
@@ -264,59 +273,99 @@ class TraderClient:
         await ws.send_message(encode_intent(send.intent, send.request_id).decode())
 
     async def _reader(self, ws) -> tuple[int | None, str]:
-        """Take every message as it comes: decode once, hand over, never wait on the pump."""
-        session, inbox, recorder = self.session, self.inbox, self.recorder
-        get, received, on_event = ws.get_message, session.received, session.on_event
-        put_quote, put_depth, put = inbox.quote, inbox.depth, inbox.put
-        now = trio.current_time
+        """Take every message as it comes, and with it all trio-websocket has
+        buffered (without yielding), each decoded once into the inbox: quotes
+        conflate there to the latest per symbol, account events queue in order.
+        Then run the kernel right here (``drive``: no task switch between a
+        quote and the order it causes), or, before the book is reconciled,
+        wake the pump. A strategy that falls behind so sees the latest price,
+        never a backlog, and never misses an account event."""
+        session, inbox, drive = self.session, self.inbox, self.drive
+        get, take_now, wake = ws.get_message, _taker(ws), inbox.wake
+        behind = False
+        clock = trio.current_time
         while True:
             try:
-                data = await get()
+                sends = self._take(await get())
+                while take_now is not None:
+                    try:
+                        more = self._take(take_now())
+                    except trio.WouldBlock:
+                        if not behind:
+                            break
+                        # the strategy was slow: trio-websocket hands over one message
+                        # per scheduler round, so let it run until it has no more
+                        n = self.messages
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                        if self.messages == n and not _has_more(ws):
+                            break
+                        continue
+                    except (trio.EndOfChannel, trio.ClosedResourceError):
+                        break  # a close: the next get raises it
+                    if more:
+                        sends = sends + more if sends else more
             except ConnectionClosed as exc:
                 return _close_of(exc)
-            t = now()
-            received(t)
-            self.messages += 1
-            if recorder is not None:
-                recorder.write(data)
-            try:
-                env = decode_envelope(data)
-            except WireError as exc:
-                self.bad_messages += 1
-                if self.bad_messages <= 10 or self.bad_messages % 1000 == 0:
-                    log.warning("bad message #%d from the server: %s", self.bad_messages, exc)
-                continue
-            event = env.payload
-            kind = type(event)
-            if kind is Quote:
-                put_quote(event)
-                continue
-            if kind is Depth:
-                put_depth(event)
-                continue
-            was_live = session.live
-            sends = on_event(event, env.id, t)
-            if kind is OrderHistory and not was_live:
-                put(OrderHistoryReply(event, complete=len(event.orders) < self._history_limit))
-            else:
-                put(event)
-            if inbox.full:  # the pump is stuck far behind: back up the socket, drop nothing
-                await inbox.drained()
             if session.failure is not None:
-                self.failure = session.failure.reason
-                log.error("giving up: %s", self.failure)
-                inbox.put(LinkFailed(self.failure))
-                self._closing = True
-                session.stop()
-                await ws.aclose(1000, "client stopping")
+                await self._give_up(ws, session.failure.reason)
                 continue
-            for send in sends:
-                await self._send_raw(ws, send)
-            if not was_live and session.live:
+            if sends:
+                for send in sends:
+                    await self._send_raw(ws, send)
+            if not self.live and session.live:
                 self.live = True
                 session.forget_pending()
                 log.info("live: subscribed and reconciled (connection %d)", self.connection)
-                put(LinkLive(self.connection))
+                inbox.put(LinkLive(self.connection))
+            if inbox.full:  # the pump is stuck far behind: back up the socket, drop nothing
+                wake()
+                await inbox.drained()
+            if self.live and drive is not None:
+                started = clock()
+                await drive()
+                behind = clock() - started > BEHIND_S
+            else:
+                wake()
+
+    def _take(self, data) -> list | None:
+        """One message into the inbox (and the recorder); the session's requests to send."""
+        self.session.received(t := trio.current_time())
+        self.messages += 1
+        if self.recorder is not None:
+            self.recorder.write(data)
+        try:
+            env = decode_envelope(data)
+        except WireError as exc:
+            self.bad_messages += 1
+            if self.bad_messages <= 10 or self.bad_messages % 1000 == 0:
+                log.warning("bad message #%d from the server: %s", self.bad_messages, exc)
+            return None
+        event = env.payload
+        kind = type(event)
+        if kind is Quote:
+            self.inbox.quote(event)
+            return None
+        if kind is Depth:
+            self.inbox.depth(event)
+            return None
+        was_live = self.session.live
+        sends = self.session.on_event(event, env.id, t)
+        if kind is OrderHistory and not was_live:
+            event = OrderHistoryReply(event, complete=len(event.orders) < self._history_limit)
+        self.inbox.put(event)
+        return sends or None
+
+    async def _give_up(self, ws, reason: str) -> None:
+        self.failure = reason
+        log.error("giving up: %s", reason)
+        self._tell(LinkFailed(reason))
+        self._closing = True
+        self.session.stop()
+        await ws.aclose(1000, "client stopping")
+
+    def _tell(self, item) -> None:
+        self.inbox.put(item)
+        self.inbox.wake()
 
     async def _watchdog(self, ws, conn: trio.Nursery) -> None:
         """PROTOCOL 2: ping after a silence; a connection silent after that is dead."""
@@ -337,6 +386,20 @@ class TraderClient:
         except (ConnectionClosed, LocalProtocolError, trio.BrokenResourceError):
             return
         self.session.received(trio.current_time())  # the pong
+
+
+def _taker(ws) -> Callable[[], Any] | None:
+    """``receive_nowait`` of trio-websocket's message channel: the messages it
+    already holds, taken without a scheduler round each. The channel is
+    private (trio-websocket < 0.13 has it); without it, one ``get_message``
+    at a time."""
+    return getattr(getattr(ws, "_recv_channel", None), "receive_nowait", None)
+
+
+def _has_more(ws) -> bool:
+    """Whether trio-websocket's message channel holds anything (private, like ``_taker``)."""
+    statistics = getattr(getattr(ws, "_recv_channel", None), "statistics", None)
+    return statistics is not None and statistics().current_buffer_used > 0
 
 
 def _close_of(exc: ConnectionClosed) -> tuple[int | None, str]:

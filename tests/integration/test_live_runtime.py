@@ -228,6 +228,42 @@ async def test_a_book_that_disagrees_stops_new_risk_until_a_resync_settles_it():
             nursery.cancel_scope.cancel()
 
 
+class Slow(Scripted):
+    """A strategy that needs 4 ms a quote: it cannot keep up with 1,000 quotes/s."""
+
+    def on_quote(self, q: Quote) -> None:
+        import time
+
+        time.sleep(0.004)
+        super().on_quote(q)
+
+
+async def test_a_strategy_that_falls_behind_gets_the_latest_quotes_and_every_execution():
+    with trio.fail_after(20):
+        server = SimServer(sim_config_from_dict(sim_dict(
+            market={"synthetic": {"symbols": ["EURUSD"], "seed": 5, "rate_per_s": 1000}})), ENV)
+        strategy = Slow(name="s", symbols=["EURUSD"])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve)
+            runtime, client = await start(nursery, server, strategy)
+            for _ in range(5):
+                strategy.todo.append(lambda s, q: s.buy("EURUSD", 1_000))
+                await trio.sleep(0.2)
+            await wait_for(lambda: runtime.book.net_quantity("EURUSD") == 5_000)
+            inbox = runtime.inbox
+            # (the server runs in this process, so it also pauses while the strategy
+            # sleeps; still, quotes pile up in the socket between two steps)
+            assert inbox.conflated > 50  # quotes replaced while the strategy was busy...
+            assert runtime.quotes_handled + inbox.conflated + len(inbox.quotes) == inbox.received
+            assert strategy.quotes == runtime.quotes_handled < inbox.received
+            assert [e.status for e in strategy.executions].count("FILLED") == 5  # ...executions never
+            assert not server.engine.accounts["A1"].orders or all(  # the server never had to drop us
+                s.over_since is None for s in server.sessions.values())
+            runtime.request_stop()
+            await wait_for(lambda: runtime.stopped)
+            nursery.cancel_scope.cancel()
+
+
 async def test_conflation_counts_quotes_a_busy_strategy_never_saw():
     inbox = Inbox()
     q1 = Quote("EURUSD", 1.1, 1.2, trio_ts())
