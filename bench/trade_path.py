@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.backtest import Backtest, _rare_gc  # noqa: E402
+from engine.backtest import Backtest, rare_gc  # noqa: E402
 from engine.config import config_from_dict  # noqa: E402
 from engine.events import Quote  # noqa: E402
 from strategies import Strategy  # noqa: E402
@@ -79,7 +79,7 @@ def main() -> None:
     timed(bt.kernel, "on_quote", "kernel on_quote (strategy, gate, book in flight)")
     timed(bt, "_send", "send: venue + kernel on_event")
     on_market, on_quote, send, deliver = bt.venue.on_market, bt.kernel.on_quote, bt._send, bt._deliver
-    with _rare_gc():  # as Backtest.run does
+    with rare_gc():  # as Backtest.run does
         start = time.perf_counter()
         for q in quotes:
             replies = on_market(q)

@@ -112,7 +112,7 @@ class Backtest:
 
     # -- the loop ----------------------------------------------------------
     def run(self) -> BacktestResult:
-        with _rare_gc():
+        with rare_gc():
             return self._run()
 
     def _run(self) -> BacktestResult:
@@ -264,7 +264,7 @@ class _Floats(dict):
 
 
 @contextmanager
-def _rare_gc():
+def rare_gc():
     """Collect cycles rarely during the loop. Orders hold many references, and
     the cyclic collector walked every one of them again and again (about 5 us
     an order) while finding nothing to free; the loop makes almost no cycles.

@@ -56,8 +56,12 @@ MESSAGE_QUEUE = 4096
 reader takes them as fast as they come (it does no strategy work)."""
 MAX_MESSAGE = 16 * 1024 * 1024
 BEHIND_S = 0.001
-"""A kernel step longer than this means quotes may be waiting in the socket:
-the reader then takes all trio-websocket has before the next step."""
+"""A kernel step longer than this means quotes may be waiting in the socket."""
+BURST_S = 50e-6
+"""A ``get_message`` that returns faster than this found the message waiting:
+a burst, which the pump takes in batches rather than the reader one by one."""
+DRAIN_S = 0.005
+"""After a slow step the reader takes what is queued for at most this long."""
 RECEIVE_BUFFER = 64 * 1024
 """Bytes per socket read: a busy feed's frames arrive many to a read."""
 
@@ -286,18 +290,20 @@ class TraderClient:
         clock = trio.current_time
         while True:
             try:
+                t = clock()
                 sends = self._take(await get())
+                waited = clock() - t >= BURST_S  # else it was already there: a burst
+                deadline = t + DRAIN_S
                 while take_now is not None:
                     try:
                         more = self._take(take_now())
                     except trio.WouldBlock:
-                        if not behind:
+                        # after a slow step trio-websocket holds a backlog, handed
+                        # over one message per scheduler round: take it all first
+                        if not behind or clock() > deadline:
                             break
-                        # the strategy was slow: trio-websocket hands over one message
-                        # per scheduler round, so let it run until it has no more
-                        n = self.messages
                         await trio.lowlevel.cancel_shielded_checkpoint()
-                        if self.messages == n and not _has_more(ws):
+                        if not _has_more(ws):
                             break
                         continue
                     except (trio.EndOfChannel, trio.ClosedResourceError):
@@ -320,12 +326,13 @@ class TraderClient:
             if inbox.full:  # the pump is stuck far behind: back up the socket, drop nothing
                 wake()
                 await inbox.drained()
-            if self.live and drive is not None:
+            if self.live and drive is not None and waited:
+                # the socket was idle: answer this quote now, in this task
                 started = clock()
                 await drive()
                 behind = clock() - started > BEHIND_S
             else:
-                wake()
+                wake()  # in a burst (or reconciling) the pump takes the latest of it
 
     def _take(self, data) -> list | None:
         """One message into the inbox (and the recorder); the session's requests to send."""
