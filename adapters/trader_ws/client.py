@@ -58,10 +58,10 @@ MAX_MESSAGE = 16 * 1024 * 1024
 BEHIND_S = 0.001
 """A kernel step longer than this means quotes may be waiting in the socket."""
 BURST_S = 50e-6
-"""A ``get_message`` that returns faster than this found the message waiting:
-a burst, which the pump takes in batches rather than the reader one by one."""
+"""A ``get_message`` that returns faster than this found the message waiting."""
 DRAIN_S = 0.005
-"""After a slow step the reader takes what is queued for at most this long."""
+"""In a backlog the reader takes what is queued for at most this long, then
+runs the kernel once on the latest quotes."""
 RECEIVE_BUFFER = 64 * 1024
 """Bytes per socket read: a busy feed's frames arrive many to a read."""
 
@@ -292,15 +292,16 @@ class TraderClient:
             try:
                 t = clock()
                 sends = self._take(await get())
-                waited = clock() - t >= BURST_S  # else it was already there: a burst
+                # a message that was already there (a burst), or a slow step: more
+                # may be queued, and trio-websocket hands them over one per
+                # scheduler round; take them all first, then run the kernel once
+                backlog = behind or clock() - t < BURST_S
                 deadline = t + DRAIN_S
                 while take_now is not None:
                     try:
                         more = self._take(take_now())
                     except trio.WouldBlock:
-                        # after a slow step trio-websocket holds a backlog, handed
-                        # over one message per scheduler round: take it all first
-                        if not behind or clock() > deadline:
+                        if not backlog or clock() > deadline:
                             break
                         await trio.lowlevel.cancel_shielded_checkpoint()
                         if not _has_more(ws):
@@ -326,13 +327,12 @@ class TraderClient:
             if inbox.full:  # the pump is stuck far behind: back up the socket, drop nothing
                 wake()
                 await inbox.drained()
-            if self.live and drive is not None and waited:
-                # the socket was idle: answer this quote now, in this task
+            if self.live and drive is not None:
                 started = clock()
                 await drive()
                 behind = clock() - started > BEHIND_S
             else:
-                wake()  # in a burst (or reconciling) the pump takes the latest of it
+                wake()
 
     def _take(self, data) -> list | None:
         """One message into the inbox (and the recorder); the session's requests to send."""
