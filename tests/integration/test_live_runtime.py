@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -84,24 +85,32 @@ async def wait_for(cond, timeout: float = 5.0) -> None:
             await trio.sleep(0.01)
 
 
-async def start(nursery, server: SimServer, strategy: Strategy, config=None, stop_deadline_s=2.0):
-    """A runtime trading ``strategy`` on ``server``; returns (runtime, client) once live."""
-    inbox = Inbox()
-    runtime = LiveRuntime(config or run_config(), inbox, strategies=[strategy], run_tag="t",
-                          stop_deadline_s=stop_deadline_s)
-    client = TraderClient(f"ws://127.0.0.1:{server.port}/api/v1/ws", "alice", "pw", "A1", inbox)
-    nursery.start_soon(runtime.run, client)
-    await wait_for(lambda: runtime.gate.state is TradingState.ACTIVE)
-    return runtime, client
+def eurusd_only(rate_per_s: float) -> dict:
+    """A synthetic market quoting EURUSD alone (GBPUSD stays listed, and silent)."""
+    return {"synthetic": {"symbols": ["EURUSD"], "seed": 5, "rate_per_s": rate_per_s}}
+
+
+@asynccontextmanager
+async def trading(strategy: Strategy | None = None, config=None, stop_deadline_s: float = 2.0, **sim):
+    """A server, and a runtime trading ``strategy`` on it; yields
+    (server, runtime, client, strategy) once the gate is ACTIVE, stops both on exit."""
+    server = SimServer(sim_config_from_dict(sim_dict(**sim)), ENV)
+    strategy = strategy or Scripted(name="s", symbols=["EURUSD"])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        inbox = Inbox()
+        runtime = LiveRuntime(config or run_config(), inbox, strategies=[strategy], run_tag="t",
+                              stop_deadline_s=stop_deadline_s)
+        client = TraderClient(f"ws://127.0.0.1:{server.port}/api/v1/ws", "alice", "pw", "A1", inbox)
+        nursery.start_soon(runtime.run, client)
+        await wait_for(lambda: runtime.gate.state is TradingState.ACTIVE)
+        yield server, runtime, client, strategy
+        nursery.cancel_scope.cancel()
 
 
 async def test_trades_live_and_the_book_agrees_with_the_server():
     with trio.fail_after(20):
-        server = SimServer(sim_config_from_dict(sim_dict()), ENV)
-        strategy = Scripted(name="s", symbols=["EURUSD"])
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve)
-            runtime, client = await start(nursery, server, strategy)
+        async with trading() as (server, runtime, client, strategy):
             strategy.todo.append(lambda s, q: s.buy("EURUSD", 10_000))
             await wait_for(lambda: runtime.book.net_quantity("EURUSD") == 10_000)
             strategy.todo.append(lambda s, q: s.sell("EURUSD", 4_000))
@@ -114,7 +123,6 @@ async def test_trades_live_and_the_book_agrees_with_the_server():
             runtime.request_stop()
             await wait_for(lambda: runtime.stopped)
             assert strategy.stopped
-            nursery.cancel_scope.cancel()
         summary = runtime.summary()
         assert summary.orders == 2 and summary.fills == 2
         assert sum(t.quantity if t.side == "BUY" else -t.quantity for t in summary.trades) == 6_000
@@ -122,11 +130,7 @@ async def test_trades_live_and_the_book_agrees_with_the_server():
 
 async def test_orders_wait_for_the_reconciliation_and_risk_denials_reach_the_strategy():
     with trio.fail_after(20):
-        server = SimServer(sim_config_from_dict(sim_dict()), ENV)
-        strategy = Scripted(name="s", symbols=["EURUSD"])
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve)
-            runtime, client = await start(nursery, server, strategy)
+        async with trading() as (server, runtime, client, strategy):
             # the first quote came only after the subscriptions were acknowledged
             assert client.session.live and runtime.connections == 1
             strategy.todo.append(lambda s, q: s.buy("EURUSD", 10_000_000))  # over max_order_qty
@@ -134,16 +138,11 @@ async def test_orders_wait_for_the_reconciliation_and_risk_denials_reach_the_str
             assert strategy.rejects[0].reason == "MAX_ORDER_QTY"
             assert not server.engine.accounts["A1"].orders  # nothing denied reached the venue
             runtime.request_stop()
-            nursery.cancel_scope.cancel()
 
 
 async def test_stop_cancels_working_orders_and_waits_for_the_answers():
     with trio.fail_after(20):
-        server = SimServer(sim_config_from_dict(sim_dict()), ENV)
-        strategy = Scripted(name="s", symbols=["EURUSD"])
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve)
-            runtime, client = await start(nursery, server, strategy)
+        async with trading() as (server, runtime, client, strategy):
             strategy.todo.append(lambda s, q: s.buy("EURUSD", 1_000, price=round(q.bid * 0.9, 5)))
             await wait_for(lambda: [o for o in runtime.book.working_orders() if o.order_id])
             runtime.request_stop()
@@ -153,19 +152,14 @@ async def test_stop_cancels_working_orders_and_waits_for_the_answers():
             assert not runtime.book.working_orders()
             await wait_for(lambda: not server.sessions)  # closed with 1000: the server let it go
             assert client.last_close.startswith("1000")
-            nursery.cancel_scope.cancel()
 
 
 async def test_a_symbol_without_quotes_is_blocked_while_others_trade(caplog):
     caplog.set_level("DEBUG")
     with trio.fail_after(20):
         # the server quotes EURUSD only; GBPUSD is listed but its feed is silent
-        server = SimServer(sim_config_from_dict(sim_dict(
-            market={"synthetic": {"symbols": ["EURUSD"], "seed": 5, "rate_per_s": 200}})), ENV)
-        strategy = Scripted(name="s", symbols=["EURUSD"])
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve)
-            runtime, client = await start(nursery, server, strategy, run_config(stale_quote_ms=2_000))
+        async with trading(config=run_config(stale_quote_ms=2_000), market=eurusd_only(200)) as (
+                server, runtime, client, strategy):
             strategy.todo.append(lambda s, q: (s.buy("GBPUSD", 1_000), s.buy("EURUSD", 1_000)))
             await wait_for(lambda: runtime.book.net_quantity("EURUSD") == 1_000)
             assert [r.reason for r in strategy.rejects] == ["STALE_SYMBOL"]
@@ -173,7 +167,6 @@ async def test_a_symbol_without_quotes_is_blocked_while_others_trade(caplog):
             token = client._token
             runtime.request_stop()
             await wait_for(lambda: runtime.stopped)
-            nursery.cancel_scope.cancel()
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "connected to ws://127.0.0.1" in logged
     assert token not in logged and "pw" not in logged.split()
@@ -181,11 +174,7 @@ async def test_a_symbol_without_quotes_is_blocked_while_others_trade(caplog):
 
 async def test_a_second_stop_cuts_the_orderly_shutdown_short():
     with trio.fail_after(20):
-        server = SimServer(sim_config_from_dict(sim_dict()), ENV)
-        strategy = Scripted(name="s", symbols=["EURUSD"])
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve)
-            runtime, client = await start(nursery, server, strategy, stop_deadline_s=30)
+        async with trading(stop_deadline_s=30) as (server, runtime, client, strategy):
             strategy.todo.append(lambda s, q: s.buy("EURUSD", 1_000, price=round(q.bid * 0.9, 5)))
             await wait_for(lambda: [o for o in runtime.book.working_orders() if o.order_id])
             server.faults.exec_delay_s = 60  # the cancel's answer will not come in time
@@ -196,18 +185,13 @@ async def test_a_second_stop_cuts_the_orderly_shutdown_short():
                 runtime.abort()
                 await wait_for(lambda: runtime.stopped)
             assert runtime.aborted
-            nursery.cancel_scope.cancel()
 
 
 async def test_a_book_that_disagrees_stops_new_risk_until_a_resync_settles_it():
     import msgspec
 
     with trio.fail_after(20):
-        server = SimServer(sim_config_from_dict(sim_dict()), ENV)
-        strategy = Scripted(name="s", symbols=["EURUSD"])
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve)
-            runtime, client = await start(nursery, server, strategy)
+        async with trading() as (server, runtime, client, strategy):
             runtime.resync_interval_s = 0.1
             strategy.todo.append(lambda s, q: s.buy("EURUSD", 1_000))
             await wait_for(lambda: runtime.book.net_quantity("EURUSD") == 1_000)
@@ -225,7 +209,6 @@ async def test_a_book_that_disagrees_stops_new_risk_until_a_resync_settles_it():
             assert runtime.book.net_quantity("EURUSD") == 1_000
             runtime.request_stop()
             await wait_for(lambda: runtime.stopped)
-            nursery.cancel_scope.cancel()
 
 
 class Slow(Scripted):
@@ -240,12 +223,8 @@ class Slow(Scripted):
 
 async def test_a_strategy_that_falls_behind_gets_the_latest_quotes_and_every_execution():
     with trio.fail_after(20):
-        server = SimServer(sim_config_from_dict(sim_dict(
-            market={"synthetic": {"symbols": ["EURUSD"], "seed": 5, "rate_per_s": 1000}})), ENV)
-        strategy = Slow(name="s", symbols=["EURUSD"])
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve)
-            runtime, client = await start(nursery, server, strategy)
+        async with trading(Slow(name="s", symbols=["EURUSD"]), market=eurusd_only(1000)) as (
+                server, runtime, client, strategy):
             for _ in range(5):
                 strategy.todo.append(lambda s, q: s.buy("EURUSD", 1_000))
                 await trio.sleep(0.2)
@@ -261,7 +240,6 @@ async def test_a_strategy_that_falls_behind_gets_the_latest_quotes_and_every_exe
                 s.over_since is None for s in server.sessions.values())
             runtime.request_stop()
             await wait_for(lambda: runtime.stopped)
-            nursery.cancel_scope.cancel()
 
 
 async def test_conflation_counts_quotes_a_busy_strategy_never_saw():
