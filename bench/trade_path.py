@@ -73,9 +73,9 @@ def main() -> None:
     timed(bt.gate, "check", "risk gate check")
     timed(bt.book, "on_sent", "book: record in-flight order")
     timed(bt.venue, "submit", "matching engine submit (incl. its ledger)")
-    timed(bt.ledger, "apply_fill", "  venue ledger apply_fill")
+    timed(bt.ledger, "fill", "  venue ledger fill")
     timed(bt.book, "apply", "book apply events (incl. its ledger)")
-    timed(bt.book.ledger, "apply_fill", "  book ledger apply_fill")
+    timed(bt.book.ledger, "fill", "  book ledger fill")
     timed(bt.kernel, "on_quote", "kernel on_quote (strategy, gate, book in flight)")
     timed(bt, "_send", "send: venue + kernel on_event")
     on_market, on_quote, send, deliver = bt.venue.on_market, bt.kernel.on_quote, bt._send, bt._deliver

@@ -15,7 +15,6 @@ schema.
 from __future__ import annotations
 
 import operator
-
 import sys
 from datetime import datetime
 from typing import Annotated, Any, Union
