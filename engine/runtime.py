@@ -5,15 +5,16 @@ handed in by the composition root), the pump and the clock around the same
 sans-IO ``Kernel`` the backtest drives, so a strategy cannot tell live from
 backtest except by the clock.
 
-There is one hop between the socket and the strategies. The link's reader
-decodes each message once and drops it into the ``Inbox``: quotes and depth
-snapshots conflate to the latest per symbol (and are counted when they do);
-account events queue in arrival order and are never dropped. The pump wakes
-at most once per scheduler round, drains everything that is ready (account
-events first, so the book is current when a strategy sees the price), runs the
-kernel and sends what the risk gate approved. The reader never runs strategy
-code, so it never stalls, and a strategy that falls behind sees the latest
-price rather than a backlog.
+No hop between the socket and the strategies when they keep up. The link's
+reader takes each message, and everything trio-websocket already holds behind
+it, decoding each once into the ``Inbox``: quotes and depth snapshots conflate
+there to the latest per symbol (counted when they do); account events queue in
+arrival order and are never dropped. Then the reader runs the kernel itself
+(``drive``): account events first, so the book is current when a strategy
+sees the price, then the latest quotes; what the risk gate approved is sent
+before the next read. A strategy that falls behind so sees the latest price,
+never a backlog. The pump task does the same work when the reader may not:
+before the book is reconciled, or while a send is under way.
 
 Fail closed: the gate is REDUCING from the start and after every drop until
 the link reports the book reconciled with the server (``LinkLive``); a link
@@ -334,8 +335,8 @@ class LiveRuntime:
         return out
 
     async def _pump(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Runs the kernel when the reader does not: it was behind, or a send
-        was under way."""
+        """Runs the kernel when the reader does not: before the book is
+        reconciled, or while a send was under way."""
         inbox = self.inbox
         task_status.started()
         while True:
@@ -346,9 +347,9 @@ class LiveRuntime:
 
     async def drive(self) -> None:
         """Run the kernel now in the caller's task: the link's reader calls this
-        when it has nothing more buffered, so a quote is answered without a task
-        switch. While a send is under way the pump does it afterwards instead,
-        so intents go out in the order they were approved."""
+        once it has taken what was buffered, so a quote is answered without a
+        task switch. While a send is under way the pump does it afterwards
+        instead, so intents go out in the order they were approved."""
         if self._send_lock.locked():
             self.inbox.wake()
             return
