@@ -5,8 +5,9 @@ whether to log in again or give up, how long to back off, when the book is
 reconciled) are the sans-IO ``Session``'s. This module is the I/O around it,
 on trio and trio-websocket: the login over HTTP, the handshake with the
 token as a query parameter (never logged), one reader per connection that
-decodes each message once and drops it into the runtime's ``Inbox`` (and the
-recorder), a watchdog that pings a silent server, and the sends.
+decodes each message once into the runtime's ``Inbox`` (and the recorder)
+and then runs the runtime's kernel step (``drive``), a watchdog that pings a
+silent server, and the sends.
 
 Each connection lives in its own nursery, so a drop, a dead connection or
 trio-websocket's pong-while-closing error (python-trio/trio-websocket#184)
