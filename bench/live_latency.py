@@ -372,9 +372,8 @@ def warm_path(n: int = 20_000) -> list[int]:
     from decimal import Decimal
 
     from adapters.sim.matching import MatchingEngine, VenueConfig
-    from adapters.trader_ws.session import Send, Session
-    from engine.codec import decode_envelope, encode_event, encode_intent
-    from engine.events import Quote
+    from adapters.trader_ws.session import Session
+    from engine.backtest import rare_gc
 
     config = config_from_dict({
         "account": ACCOUNT, "balance": 10_000_000,
@@ -389,6 +388,16 @@ def warm_path(n: int = 20_000) -> list[int]:
     runtime.gate.set_state("ACTIVE", "bench")
     session = Session(ACCOUNT)
     out: list[int] = []
+    with rare_gc():  # as LiveRuntime.run does
+        _warm_loop(n, inbox, runtime, venue, session, out)
+    return out
+
+
+def _warm_loop(n, inbox, runtime, venue, session, out) -> None:
+    from adapters.trader_ws.session import Send
+    from engine.codec import decode_envelope, encode_event, encode_intent
+    from engine.events import Quote
+
     for i in range(n):
         quote = Quote(SYMBOL, 1.1 + (i % 7) * 1e-5, 1.10002 + (i % 7) * 1e-5, datetime.now(timezone.utc))
         data = encode_event(quote).decode()
@@ -403,7 +412,6 @@ def warm_path(n: int = 20_000) -> list[int]:
             for reply in venue.submit(intent):  # the venue's answers (not timed)
                 runtime.kernel.on_event(reply.event)
                 session.on_event(reply.event, None, 0.0)
-    return out
 
 
 async def run(args) -> None:
