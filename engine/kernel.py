@@ -276,6 +276,16 @@ class Kernel:
             self.book.reconcile_orders(event)
         return self._take()
 
+    def order_lost(self, client_order_id: str, message: str) -> Sequence:
+        """An order a reconnect found never reached the venue (the book ended it
+        REJECTED): its strategy hears of it in ``on_reject``, reason NOT_RECEIVED."""
+        self.rejections += 1
+        owner = self._owner.get(client_order_id)
+        if owner is not None:
+            self._call(owner, "on_reject", VenueRejection(
+                "NOT_RECEIVED", message, None, client_order_id, source="link"))
+        return self._take()
+
     # -- timers ------------------------------------------------------------
     def add_timer(self, interval: timedelta, callback: Callable[[datetime], None], *,
                   repeat: bool = True, start: datetime | None = None) -> _Timer:

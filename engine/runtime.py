@@ -38,6 +38,7 @@ from engine.book import Book
 from engine.clock import WallClock
 from engine.config import RunConfig
 from engine.kernel import Kernel
+from engine.orders import OrderState
 from engine.report import BacktestResult
 from risk import RiskGate, TradingState
 from strategies.base import Strategy
@@ -363,12 +364,16 @@ class LiveRuntime:
             # orders first (fills missed in an outage are booked once), then the
             # portfolio snapshot, which already counts them: the server's balance
             # and positions have the last word
+            in_flight = [o for o in self.book.working_orders() if o.is_pending]
             differences = self.book.reconcile_orders(item.history, complete=item.complete)
             for d in differences:
                 log.info("reconciled: %s", d)
+            out = [intent for o in in_flight if o.status is OrderState.REJECTED
+                   for intent in kernel.order_lost(
+                       o.client_order_id, "sent as the connection dropped; the venue never had it")]
             self._hold_portfolio = False
             held, self._held_portfolio = self._held_portfolio, None
-            return list(kernel.on_event(held)) if held is not None else []
+            return out + list(kernel.on_event(held)) if held is not None else out
         if type(item) is LinkUp:
             self.connections += 1
             kernel.reconciling = True

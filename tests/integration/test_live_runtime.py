@@ -242,6 +242,29 @@ async def test_a_strategy_that_falls_behind_gets_the_latest_quotes_and_every_exe
             await wait_for(lambda: runtime.stopped)
 
 
+def test_an_order_the_venue_never_received_is_rejected_to_its_strategy():
+    """Sent as the connection dropped: the new connection's complete order
+    history lacks it, so the book ends it and its strategy is told, once."""
+    from engine.events import OrderHistory
+    from engine.runtime import LinkDown, LinkUp, OrderHistoryReply
+
+    strategy = Scripted(name="s", symbols=["EURUSD"])
+    runtime = LiveRuntime(run_config(), Inbox(), strategies=[strategy], run_tag="t")
+    runtime.kernel.start()
+    runtime.gate.set_state(TradingState.ACTIVE, "test")
+    strategy.todo.append(lambda s, q: s.buy("EURUSD", 1_000))
+    runtime.inbox.quote(Quote("EURUSD", 1.1, 1.1002, trio_ts()))
+    (sent,) = runtime.step()
+    for item in (LinkDown("dropped"), LinkUp(2),
+                 OrderHistoryReply(OrderHistory(account_id="A1", orders=()), complete=True)):
+        runtime.inbox.put(item)
+    assert runtime.step() == []  # nothing resent
+    (rejection,) = strategy.rejects
+    assert rejection.reason == "NOT_RECEIVED" and rejection.client_order_id == sent.client_order_id
+    assert runtime.book.order_by_client_id(sent.client_order_id).status == "REJECTED"
+    assert not runtime.book.working_orders()
+
+
 async def test_conflation_counts_quotes_a_busy_strategy_never_saw():
     inbox = Inbox()
     q1 = Quote("EURUSD", 1.1, 1.2, trio_ts())
