@@ -138,6 +138,9 @@ class Kernel:
         self.failures: list[StrategyFailure] = []
         self.anomalies: list[str] = []
         self.reconciling = False
+        self.subscriptions_changed = False
+        """Set when a strategy subscribes; the live runtime clears it once it
+        has asked the venue (a subscribe after ``on_start`` counts too)."""
         self._out: list = []
         self._quote_subs: dict[str, list[Strategy]] = {}
         self._quote_hooks: dict[str, list[tuple[Strategy, Callable]]] = {}  # bound, per quote
@@ -337,6 +340,7 @@ class Kernel:
             self._portfolio_subs.append(s)
         if metrics and s not in self._metrics_subs:
             self._metrics_subs.append(s)
+        self.subscriptions_changed = True
 
     def submit(self, s: Strategy | None, intent) -> bool:
         """Rule on one intent now: approved ones are queued to send and the book

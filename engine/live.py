@@ -147,8 +147,8 @@ async def record_feed(
             client = TraderClient(v.url, v.username, v.password, account, inbox,
                                   ping_after_s=v.ping_interval_s, dead_after_s=v.dead_after_s,
                                   recorder=recorder, reconcile=False)
-            client.want([it.Subscribe(symbols, (EventKind.QUOTE,))]
-                        + [it.DepthSubscribe(s, depth) for s in symbols if depth])
+            await client.want([it.Subscribe(symbols, (EventKind.QUOTE,))]
+                              + [it.DepthSubscribe(s, depth) for s in symbols if depth])
             nursery.start_soon(client.run)
             task_status.started(client)
             stop = trio.Event()

@@ -99,7 +99,7 @@ class Link(Protocol):
     drive: Callable[[], Awaitable[None]] | None
     """Set by the runtime: the reader awaits it to run the kernel inline."""
 
-    def want(self, requests: Sequence) -> None: ...
+    async def want(self, requests: Sequence) -> None: ...
     async def send(self, intent) -> bool: ...
     async def resync(self) -> None: ...
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None: ...
@@ -262,7 +262,7 @@ class LiveRuntime:
         link.drive = self.drive
         self.started_at = self.clock.now
         self.outbox.extend(self.kernel.start())
-        link.want(self.kernel.subscriptions())
+        await self._subscribe()
         self._sample()
         from engine.backtest import rare_gc
 
@@ -416,6 +416,12 @@ class LiveRuntime:
                 self._resync_at = t
                 await self.link.resync()
 
+    async def _subscribe(self) -> None:
+        """Give the link what the strategies subscribed to (at start, and when
+        a strategy subscribes later)."""
+        self.kernel.subscriptions_changed = False
+        await self.link.want(self.kernel.subscriptions())
+
     async def _send_all(self, intents) -> None:
         """Send in approval order: the pump, the ticker and the reader take turns
         (trio's lock is fair), without a scheduler round when nobody holds it."""
@@ -435,7 +441,8 @@ class LiveRuntime:
 
     # -- wall-clock work -----------------------------------------------------
     async def _ticker(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Strategy timers on the wall clock; the gate's loss limits each second."""
+        """Strategy timers on the wall clock; the gate's loss limits each second;
+        subscriptions a strategy made after its start."""
         kernel, clock = self.kernel, self.clock
         next_update = trio.current_time() + 1.0
         task_status.started()
@@ -450,6 +457,8 @@ class LiveRuntime:
                 out += kernel._take()
             if out:
                 await self._send_all(out)
+            if kernel.subscriptions_changed:  # a strategy subscribed after its start
+                await self._subscribe()
             await self._resync_if_needed()
             due = kernel.next_timer
             wait = 0.05 if due is None else (due - clock.now).total_seconds()

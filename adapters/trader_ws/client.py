@@ -122,9 +122,16 @@ class TraderClient:
         return f"TraderClient({self.endpoints.ws_url!r}, user={self._username!r}, phase={self.session.phase})"
 
     # -- the runtime's side ----------------------------------------------------
-    def want(self, requests: Sequence) -> None:
-        """Subscriptions to hold across reconnects (give them before ``run``)."""
-        self.session.want(requests)
+    async def want(self, requests: Sequence) -> None:
+        """Subscriptions to hold across reconnects; what is new is sent now if
+        a connection is open (else on the next one)."""
+        ws = self._ws
+        for send in self.session.want(requests):
+            if ws is not None:
+                try:
+                    await self._send_raw(ws, send)
+                except ConnectionClosed:
+                    return  # the next connection subscribes to all of it
 
     async def send(self, intent) -> bool:
         """Send one trading request now; False if the connection is not up

@@ -242,6 +242,16 @@ async def test_a_strategy_that_falls_behind_gets_the_latest_quotes_and_every_exe
             await wait_for(lambda: runtime.stopped)
 
 
+async def test_a_subscription_made_after_the_start_reaches_the_venue():
+    with trio.fail_after(20):
+        async with trading() as (server, runtime, client, strategy):
+            assert "GBPUSD" not in runtime.quotes
+            strategy.todo.append(lambda s, q: s.subscribe(["GBPUSD"]))
+            await wait_for(lambda: "GBPUSD" in runtime.quotes)  # its quotes now arrive
+            runtime.request_stop()
+            await wait_for(lambda: runtime.stopped)
+
+
 def test_an_order_the_venue_never_received_is_rejected_to_its_strategy():
     """Sent as the connection dropped: the new connection's complete order
     history lacks it, so the book ends it and its strategy is told, once."""
