@@ -86,7 +86,10 @@ async def run_live(
                               currency=config.currency, balance=config.balance,
                               instruments=config.instruments, symbols=symbols)
         inbox = Inbox()
-        runtime = LiveRuntime(config, inbox, run_tag=f"{int(time.time()):x}",
+        # clientOrderIds must stay unique for the account's lifetime: two runs
+        # started in the same second get different tags
+        run_tag = f"{int(time.time()):x}{secrets.token_hex(2)}"
+        runtime = LiveRuntime(config, inbox, run_tag=run_tag,
                               cancel_on_stop=v.cancel_on_stop, name=name)
         recorder = Recorder(record) if record is not None else None
         if recorder is not None:
