@@ -56,6 +56,14 @@ from engine.runtime import Inbox, LiveRuntime
 from strategies import Strategy
 
 SYMBOL, ACCOUNT = "EURUSD", "X1"
+
+
+def run_config():
+    """The client's run: one strategy (given at build), risk limits nothing here hits."""
+    return config_from_dict({
+        "account": ACCOUNT, "balance": 10_000_000,
+        "strategies": [{"class": "strategies.sma_cross:SmaCross", "symbols": [SYMBOL]}],
+        "risk": {"quote_max_age_ms": 60_000, "max_order_qty": 1_000_000}})
 ENV = {"SIM_BENCH_SECRET": "b" * 40}
 QUOTE, ORDER = '{"type":"quoteEvent"', '{"type":"createOrder"'
 FEED = str(ROOT / "configs/data/histdata_eurusd_ticks_2020-01-01.jsonl.gz")
@@ -249,10 +257,7 @@ class Idle(Strategy):
 
 async def framework(v: Venue, strategy: Strategy, probe: Probe, body) -> LiveRuntime:
     """Run the framework on ``v`` until ``body()`` (started once live) returns."""
-    config = config_from_dict({
-        "account": ACCOUNT, "balance": 10_000_000,
-        "strategies": [{"class": "strategies.sma_cross:SmaCross", "symbols": [SYMBOL]}],
-        "risk": {"quote_max_age_ms": 60_000, "max_order_qty": 1_000_000}})
+    config = run_config()
     inbox = Inbox()
     runtime = LiveRuntime(config, inbox, strategies=[strategy], run_tag="b", stop_deadline_s=2)
     client = ProbedClient(v.url, "bench", "pw", ACCOUNT, inbox)
@@ -375,10 +380,7 @@ def warm_path(n: int = 20_000) -> list[int]:
     from adapters.trader_ws.session import Session
     from engine.backtest import rare_gc
 
-    config = config_from_dict({
-        "account": ACCOUNT, "balance": 10_000_000,
-        "strategies": [{"class": "strategies.sma_cross:SmaCross", "symbols": [SYMBOL]}],
-        "risk": {"quote_max_age_ms": 60_000, "max_order_qty": 1_000_000}})
+    config = run_config()
     inbox = Inbox()
     runtime = LiveRuntime(config, inbox, strategies=[PingPong(symbols=[SYMBOL])])
     venue = MatchingEngine(config.instrument_map(), VenueConfig())

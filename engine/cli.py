@@ -58,11 +58,11 @@ def main(argv: list[str] | None = None) -> int:
             return server.main(argv[1:])
         args = parser.parse_args(argv)
         if args.command == "run":
-            from engine.live import run_command
+            from adapters.trader_ws.commands import run_command
 
             return run_command(args, err)
         if args.command == "record":
-            from engine.live import record_command
+            from adapters.trader_ws.commands import record_command
 
             return record_command(args, err)
         return _backtest(args, err)

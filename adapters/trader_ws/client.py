@@ -299,24 +299,26 @@ class TraderClient:
         while True:
             try:
                 t = clock()
-                sends = self._take(await get())
+                data = await get()
+                now = clock()
+                sends = self._take(data, now)
                 # a message that was already there (a burst), or a slow step: more
                 # may be queued, and trio-websocket hands them over one per
                 # scheduler round; take them all first, then run the kernel once
-                backlog = behind or clock() - t < BURST_S
-                deadline = t + DRAIN_S
+                backlog = behind or now - t < BURST_S
+                idle_round = False
                 while take_now is not None:
                     try:
-                        more = self._take(take_now())
+                        more = self._take(take_now(), now)
                     except trio.WouldBlock:
-                        if not backlog or clock() > deadline:
+                        if not backlog or idle_round or now > t + DRAIN_S:
                             break
                         await trio.lowlevel.cancel_shielded_checkpoint()
-                        if not _has_more(ws):
-                            break
+                        now, idle_round = clock(), True
                         continue
                     except (trio.EndOfChannel, trio.ClosedResourceError):
                         break  # a close: the next get raises it
+                    idle_round = False
                     if more:
                         sends = sends + more if sends else more
             except ConnectionClosed as exc:
@@ -342,9 +344,10 @@ class TraderClient:
             else:
                 wake()
 
-    def _take(self, data) -> list | None:
-        """One message into the inbox (and the recorder); the session's requests to send."""
-        self.session.received(t := trio.current_time())
+    def _take(self, data, t: float) -> list | None:
+        """One message, received at ``t``, into the inbox (and the recorder);
+        returns the session's requests to send."""
+        self.session.received(t)
         self.messages += 1
         if self.recorder is not None:
             self.recorder.write(data)
@@ -409,12 +412,6 @@ def _taker(ws) -> Callable[[], Any] | None:
     private (trio-websocket < 0.13 has it); without it, one ``get_message``
     at a time."""
     return getattr(getattr(ws, "_recv_channel", None), "receive_nowait", None)
-
-
-def _has_more(ws) -> bool:
-    """Whether trio-websocket's message channel holds anything (private, like ``_taker``)."""
-    statistics = getattr(getattr(ws, "_recv_channel", None), "statistics", None)
-    return statistics is not None and statistics().current_buffer_used > 0
 
 
 def _close_of(exc: ConnectionClosed) -> tuple[int | None, str]:

@@ -25,7 +25,6 @@ from decimal import Decimal
 
 import attrs
 import httpx
-import pytest
 import trio
 
 from adapters.sim.auth import hash_password

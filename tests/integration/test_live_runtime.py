@@ -313,7 +313,6 @@ def test_triotrade_run_venue_sim_trades_and_exits_zero_on_sigterm(tmp_path):
                 break
         else:
             pytest.fail("never went live:\n" + "".join(lines))
-        time.sleep(1.0)
         proc.terminate()  # SIGTERM: an orderly stop
         out, err = proc.communicate(timeout=30)
     finally:
@@ -322,6 +321,23 @@ def test_triotrade_run_venue_sim_trades_and_exits_zero_on_sigterm(tmp_path):
     assert "Final equity" in out
     assert (tmp_path / "out" / "summary.json").exists()
     assert "token=" not in "".join(lines) + err  # the WebSocket URL is never logged with its token
+
+
+@pytest.mark.parametrize("venue, says", [
+    (None, "venue: no venue: give a `venue:` section"),
+    ("ws://example.com/api/v1/ws", "--venue: url: ws:// is only for loopback hosts"),
+])
+def test_triotrade_run_names_a_bad_venue_in_one_line(tmp_path, venue, says):
+    (tmp_path / "bad.yaml").write_text(
+        "account: A1\nstrategies:\n  - {class: 'strategies.sma_cross:SmaCross', symbols: [EURUSD]}\n"
+        + ("venue: {url: 'ws://127.0.0.1:1/api/v1/ws', login: {username: u, password: p}}\n"
+           if venue else ""))
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "run", str(tmp_path / "bad.yaml"), "--duration", "1"]
+        + (["--venue", venue] if venue else []),
+        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert says in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
 
 
 def test_triotrade_record_writes_a_feed_the_backtest_reads(tmp_path):

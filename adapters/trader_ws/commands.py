@@ -1,4 +1,5 @@
-"""Composition of the live commands: ``triotrade run`` and ``triotrade record``.
+"""The live commands, ``triotrade run`` and ``triotrade record`` (``engine.cli``
+dispatches here, as it does to the simulator's ``adapters.sim.server.main``).
 
 Picks the venue (the YAML's ``venue:``, a URL given on the command line, or
 ``sim``: the paper-trading server started in the same nursery on a free
@@ -25,8 +26,8 @@ import trio
 
 from adapters.recorder import Recorder
 from adapters.trader_ws.client import TraderClient
-from engine.config import RunConfig, VenueSection
-from engine.errors import ConfigError, VenueError
+from engine.config import LoginConfig, RunConfig, VenueSection
+from engine.errors import ConfigError, TriotradeError, VenueError
 from engine.runtime import Inbox, LiveRuntime
 
 log = logging.getLogger("triotrade.live")
@@ -34,19 +35,9 @@ log = logging.getLogger("triotrade.live")
 SIM = "sim"
 
 
-@attrs.frozen
-class Venue:
-    url: str
-    username: str
-    password: str = attrs.field(repr=False)
-    ping_interval_s: float = 10.0
-    dead_after_s: float = 10.0
-    cancel_on_stop: bool = True
-
-
 async def start_venue(nursery: trio.Nursery, venue: str | None, section: VenueSection | None, *,
                       account: str, currency: str = "USD", balance: float = 100_000.0,
-                      instruments=None, symbols: tuple[str, ...] = ()) -> Venue:
+                      instruments=None, symbols: tuple[str, ...] = ()) -> VenueSection:
     """The venue to trade on: ``sim`` starts the embedded simulator in ``nursery``
     (with ``account`` and a synthetic market on ``symbols``); a URL uses
     ``section``'s login; None is ``section`` itself."""
@@ -60,13 +51,24 @@ async def start_venue(nursery: trio.Nursery, venue: str | None, section: VenueSe
             username="triotrade", password=password, instruments=instruments), env={})
         port = await nursery.start(sim.serve)
         log.info("embedded paper-trading server on 127.0.0.1:%d", port)
-        return Venue(f"ws://127.0.0.1:{port}/api/v1/ws", "triotrade", password)
+        return VenueSection(url=f"ws://127.0.0.1:{port}/api/v1/ws",
+                            login=LoginConfig(username="triotrade", password=password))
     if section is None or section.login is None:
         if venue is None:
             raise ConfigError("venue", "no venue: give a `venue:` section (url and login) or --venue sim")
         raise ConfigError("venue.login", f"--venue {venue} needs a `venue.login` section for the credentials")
-    return Venue(venue or section.url, section.login.username, section.login.password,
-                 section.ping_interval_s, section.dead_after_s, section.cancel_on_stop)
+    if not venue:
+        return section
+    try:
+        return attrs.evolve(section, url=venue)
+    except ValueError as exc:  # the URL rules of venue.url
+        raise ConfigError("--venue", str(exc)) from None
+
+
+def _client(v: VenueSection, account: str, inbox: Inbox, recorder, *, reconcile: bool = True):
+    return TraderClient(v.url, v.login.username, v.login.password, account, inbox,
+                        ping_after_s=v.ping_interval_s, dead_after_s=v.dead_after_s,
+                        recorder=recorder, reconcile=reconcile)
 
 
 async def run_live(
@@ -94,9 +96,7 @@ async def run_live(
         recorder = Recorder(record) if record is not None else None
         if recorder is not None:
             await nursery.start(recorder.run)  # flushes a quiet feed each second too
-        client = TraderClient(
-            v.url, v.username, v.password, config.account, inbox,
-            ping_after_s=v.ping_interval_s, dead_after_s=v.dead_after_s, recorder=recorder)
+        client = _client(v, config.account, inbox, recorder)
         nursery.start_soon(_signals, runtime, nursery.cancel_scope)
         if duration_s is not None:
             nursery.start_soon(_stop_after, runtime, duration_s)
@@ -147,9 +147,7 @@ async def record_feed(
             await nursery.start(recorder.run)
             inbox = Inbox()
             nursery.start_soon(_discard, inbox)  # the recorder has what it needs
-            client = TraderClient(v.url, v.username, v.password, account, inbox,
-                                  ping_after_s=v.ping_interval_s, dead_after_s=v.dead_after_s,
-                                  recorder=recorder, reconcile=False)
+            client = _client(v, account, inbox, recorder, reconcile=False)
             await client.want([it.Subscribe(symbols, (EventKind.QUOTE,))]
                               + [it.DepthSubscribe(s, depth) for s in symbols if depth])
             nursery.start_soon(client.run)
@@ -236,6 +234,20 @@ async def _log_status(runtime: LiveRuntime, interval_s: float = 10.0) -> None:
         log.info("status %s", json.dumps(st, default=str, sort_keys=True))
 
 
+def _trio_run(fn):
+    """``trio.run``, with an error of ours taken out of trio's exception group,
+    so the CLI prints it as one line (which key, what was wrong)."""
+    try:
+        return trio.run(fn)
+    except BaseExceptionGroup as group:
+        ours = group.subgroup(lambda e: isinstance(e, TriotradeError))
+        if ours is None:
+            raise
+        while isinstance(ours, BaseExceptionGroup):
+            ours = ours.exceptions[0]
+        raise ours from None
+
+
 def run_command(args, err) -> int:
     """``triotrade run``: 0 after an orderly stop, 1 if the run failed (trading HALTED),
     130 after a second Ctrl-C."""
@@ -250,7 +262,7 @@ def run_command(args, err) -> int:
     console = Console()
     _setup_logging(args.log_json, console.is_terminal)
     status = _rich_status if console.is_terminal and not args.log_json else _log_status
-    runtime = trio.run(partial(run_live, config, venue=args.venue, record=args.record,
+    runtime = _trio_run(partial(run_live, config, venue=args.venue, record=args.record,
                                duration_s=args.duration, name=args.config.stem, status=status))
     if runtime is None or runtime.aborted:
         err.print("stopped at once: no summary")
@@ -273,7 +285,7 @@ def record_command(args, err) -> int:
     """``triotrade record``: 0 when stopped, 2 on a bad venue or credentials."""
     from functools import partial
 
-    from engine.config import LoginConfig, load_config
+    from engine.config import load_config
 
     _setup_logging(False)
     symbols = tuple(s.strip() for s in args.symbols.split(",") if s.strip())
@@ -289,7 +301,7 @@ def record_command(args, err) -> int:
         if not user or password is None:
             raise ConfigError("--venue", "a URL venue reads the login from $TRADER_USER and $TRADER_PASSWORD")
         section = VenueSection(url=venue, login=LoginConfig(username=user, password=password))
-    stats = trio.run(partial(record_feed, venue=venue, section=section,
+    stats = _trio_run(partial(record_feed, venue=venue, section=section,
                              account=account or "recorder", symbols=symbols, depth=args.depth,
                              out=args.out, duration_s=args.duration))
     err.print(f"recorded {stats['lines']} messages to {args.out}")
